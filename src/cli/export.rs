@@ -1,0 +1,87 @@
+//! `airlock export`: registry to bundle.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{ConnectArgs, report_failures, usage};
+use crate::export::{ExportOptions, dedupe, export_to_layout, parse_list_file};
+use crate::layout::Layout;
+use crate::platform::Platform;
+use crate::progress::{Progress, Verbosity};
+use crate::reference::ImageRef;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Images to export (`alpine:3.20`, `host:5000/app@sha256:...`).
+    #[arg(value_name = "IMAGE")]
+    images: Vec<String>,
+    /// Also export the images listed in this file, one a line, # comments.
+    #[arg(short = 'f', long = "file", value_name = "LIST")]
+    list: Option<PathBuf>,
+    /// The bundle to write: an OCI image-layout directory.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Keep only these platforms (os/arch[/variant]); repeat or use commas.
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Vec<String>,
+    /// Record key=value on the index.json entries this run writes.
+    #[arg(long, value_name = "KEY=VALUE")]
+    annotation: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
+    let references = collect_references(&args)?;
+    let platforms = Platform::parse_list(&args.platform).map_err(|e| usage(e.to_string()))?;
+    let annotations = parse_annotations(&args.annotation)?;
+    let client = args.connect.client()?;
+    let layout = Layout::create(&args.output)
+        .with_context(|| format!("cannot use {} as the bundle", args.output.display()))?;
+
+    let options = ExportOptions {
+        platforms,
+        annotations,
+        jobs: args.connect.jobs(),
+    };
+    let progress = Progress::new(verbosity, "total");
+    let report = export_to_layout(&client, &layout, &references, &options, &progress).await?;
+    if verbosity != Verbosity::Quiet {
+        eprintln!("{}", report.summary());
+    }
+    Ok(report_failures(&report.failed, references.len(), "exported"))
+}
+
+fn collect_references(args: &ExportArgs) -> anyhow::Result<Vec<ImageRef>> {
+    let mut refs = Vec::new();
+    for image in &args.images {
+        refs.push(ImageRef::parse(image).map_err(|e| usage(e.to_string()))?);
+    }
+    if let Some(path) = &args.list {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read image list {}: {e}", path.display())))?;
+        for (line, entry) in parse_list_file(&text) {
+            let r = ImageRef::parse(&entry)
+                .map_err(|e| usage(format!("{}:{line}: {e}", path.display())))?;
+            refs.push(r);
+        }
+    }
+    if refs.is_empty() {
+        return Err(usage("no images given: name them as arguments or with -f LIST"));
+    }
+    Ok(dedupe(refs))
+}
+
+fn parse_annotations(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(usage(format!("invalid --annotation {item:?}: expected KEY=VALUE"))),
+        })
+        .collect()
+}

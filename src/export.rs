@@ -1,0 +1,623 @@
+//! Export: from registries into an OCI image layout.
+//!
+//! A run has three phases. Resolve fetches every manifest of every image
+//! (concurrently across images) and decides what the bundle holds. Fetch
+//! downloads the blobs that are not already present, all images' blobs in
+//! one pool. Commit writes each complete image's manifests (children before
+//! the index naming them) and finally `index.json`. An image whose blobs did
+//! not all arrive gets no manifest and no entry, so the layout never names
+//! content it lacks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+
+use crate::digest::Digest;
+use crate::layout::{CONTAINERD_NAME, LayoutError, Layout, REF_NAME};
+use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
+use crate::platform::Platform;
+use crate::progress::{Progress, human_bytes, rate};
+use crate::reference::ImageRef;
+use crate::registry::{Client, RegistryError};
+
+/// Annotation on an `index.json` entry whose index a platform filter
+/// rewrote: the digest the registry served.
+pub const SOURCE_DIGEST: &str = "io.github.airlock.source-digest";
+
+/// How deep indexes may nest (an index of indexes of manifests is depth 2).
+const MAX_DEPTH: usize = 4;
+
+/// Why one image could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("the index has no {wanted} (it has: {available})")]
+    MissingPlatform { wanted: String, available: String },
+    #[error("the image is {actual}, not {wanted}")]
+    WrongPlatform { wanted: String, actual: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("blob {0} did not arrive")]
+    BlobMissing(Digest),
+}
+
+/// What the user asked of an export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Keep only these platforms of multi-platform images (empty: all).
+    pub platforms: Vec<Platform>,
+    /// Annotations recorded on every `index.json` entry written.
+    pub annotations: BTreeMap<String, String>,
+    /// Blobs in flight at once.
+    pub jobs: usize,
+}
+
+/// One image, resolved: what the bundle will hold for it.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    pub reference: ImageRef,
+    /// The manifest or index the bundle names (filtered when asked).
+    pub root: Manifest,
+    /// What the registry served for the reference.
+    pub source_digest: Digest,
+    /// Every manifest, children first, the root last.
+    pub manifests: Vec<Manifest>,
+    /// Configs and layers, each once.
+    pub blobs: Vec<Descriptor>,
+    pub platforms: Vec<Platform>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    pub exported: Vec<ResolvedImage>,
+    pub failed: Vec<(String, String)>,
+    pub blobs_fetched: usize,
+    pub blobs_present: usize,
+    pub bytes_fetched: u64,
+    pub elapsed: Duration,
+}
+
+impl ExportReport {
+    /// The one-line summary every run ends with.
+    pub fn summary(&self) -> String {
+        let manifests: usize = self.exported.iter().map(|i| i.manifests.len()).sum();
+        format!(
+            "exported {} image{}: {} manifests, {} blobs fetched ({} already present), {} in {:.1} s, {}",
+            self.exported.len(),
+            if self.exported.len() == 1 { "" } else { "s" },
+            manifests,
+            self.blobs_fetched,
+            self.blobs_present,
+            human_bytes(self.bytes_fetched),
+            self.elapsed.as_secs_f64(),
+            rate(self.bytes_fetched, self.elapsed),
+        )
+    }
+}
+
+/// Exports `references` into `layout`.
+pub async fn export_to_layout(
+    client: &Client,
+    layout: &Layout,
+    references: &[ImageRef],
+    options: &ExportOptions,
+    progress: &Progress,
+) -> Result<ExportReport, LayoutError> {
+    let jobs = options.jobs.max(1);
+    let mut report = ExportReport::default();
+
+    // Resolve every image, several at a time.
+    let resolved: Vec<(ImageRef, Result<ResolvedImage, ImageError>)> =
+        futures::stream::iter(references.iter().cloned())
+            .map(|r| {
+                let client = client.clone();
+                let layout = layout.clone();
+                let platforms = options.platforms.clone();
+                async move {
+                    let result = tokio::spawn({
+                        let r = r.clone();
+                        async move { resolve(&client, &layout, &r, &platforms).await }
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ImageError::Invalid(format!("resolve task failed: {e}")))
+                    });
+                    (r, result)
+                }
+            })
+            .buffered(jobs)
+            .collect()
+            .await;
+
+    let mut images = Vec::new();
+    for (reference, result) in resolved {
+        match result {
+            Ok(image) => {
+                if image.root.digest != image.source_digest {
+                    progress.println(&format!(
+                        "{}: kept {}; index {} filtered to {}",
+                        reference.name(),
+                        join_platforms(&image.platforms),
+                        image.source_digest,
+                        image.root.digest
+                    ));
+                }
+                images.push(image);
+            }
+            Err(e) => report.failed.push((reference.name(), e.to_string())),
+        }
+    }
+
+    // Fetch every blob not yet present, from all images in one pool.
+    let mut wanted: Vec<(Descriptor, ImageRef, usize)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, image) in images.iter().enumerate() {
+        for blob in &image.blobs {
+            if !seen.insert(blob.digest.clone()) {
+                continue;
+            }
+            if layout.has_blob(&blob.digest, blob.size) {
+                report.blobs_present += 1;
+            } else {
+                wanted.push((blob.clone(), image.reference.clone(), i));
+            }
+        }
+    }
+    let bars: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let bytes = wanted.iter().filter(|w| w.2 == i).map(|w| w.0.size).sum();
+            progress.add_total(bytes);
+            progress.image(&image.reference.name(), bytes)
+        })
+        .collect();
+    let failures: HashMap<Digest, String> = futures::stream::iter(wanted)
+        .map(|(blob, source, i)| {
+            let client = client.clone();
+            let layout = layout.clone();
+            let progress = progress.clone();
+            let bar = bars[i].clone();
+            let digest = blob.digest.clone();
+            async move {
+                let task = tokio::spawn(async move {
+                    fetch_blob(&client, &layout, &source, &blob, &|n| progress.advance(&bar, n))
+                        .await
+                });
+                let outcome = match task.await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("download task failed: {e}")),
+                };
+                (digest, outcome)
+            }
+        })
+        .buffer_unordered(jobs)
+        .filter_map(|(digest, outcome)| async move {
+            match outcome {
+                Ok(size) => Some((digest, Ok(size))),
+                Err(e) => Some((digest, Err(e))),
+            }
+        })
+        .fold(HashMap::new(), |mut failures, (digest, outcome)| {
+            match outcome {
+                Ok(size) => {
+                    report.blobs_fetched += 1;
+                    report.bytes_fetched += size;
+                }
+                Err(e) => {
+                    failures.insert(digest, e);
+                }
+            }
+            async move { failures }
+        })
+        .await;
+    for bar in &bars {
+        bar.finish_and_clear();
+    }
+
+    // Commit complete images: manifests, then the index entries.
+    let mut index = layout.read_index()?;
+    for image in images {
+        match commit_image(layout, &image, &failures) {
+            Ok(()) => {
+                index.upsert(index_entry(&image, &options.annotations));
+                report.exported.push(image);
+            }
+            Err(e) => report.failed.push((image.reference.name(), e.to_string())),
+        }
+    }
+    layout.write_index(&index)?;
+    layout.finish()?;
+    progress.finish();
+    report.elapsed = progress.elapsed();
+    Ok(report)
+}
+
+/// Writes an image's manifests once every blob it names is in place.
+fn commit_image(
+    layout: &Layout,
+    image: &ResolvedImage,
+    failures: &HashMap<Digest, String>,
+) -> Result<(), ImageError> {
+    for blob in &image.blobs {
+        if let Some(e) = failures.get(&blob.digest) {
+            return Err(ImageError::Invalid(e.clone()));
+        }
+        if !layout.has_blob(&blob.digest, blob.size) {
+            return Err(ImageError::BlobMissing(blob.digest.clone()));
+        }
+    }
+    for m in &image.manifests {
+        layout.write_small_blob(&m.digest, &m.body)?;
+    }
+    Ok(())
+}
+
+/// The `index.json` entry naming an exported image.
+pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> Descriptor {
+    let name = image.reference.name();
+    let mut annotations = extra.clone();
+    annotations.insert(REF_NAME.to_string(), name.clone());
+    annotations.insert(CONTAINERD_NAME.to_string(), name);
+    if image.root.digest != image.source_digest {
+        annotations.insert(SOURCE_DIGEST.to_string(), image.source_digest.to_string());
+    }
+    let platform = match (image.root.kind, image.platforms.as_slice()) {
+        (Kind::Image, [one]) => Some(one.clone()),
+        _ => None,
+    };
+    Descriptor {
+        media_type: image.root.media_type.clone(),
+        digest: image.root.digest.clone(),
+        size: image.root.body.len() as u64,
+        platform,
+        artifact_type: None,
+        annotations: Some(annotations),
+    }
+}
+
+/// Downloads one blob into the layout; returns its size.
+async fn fetch_blob(
+    client: &Client,
+    layout: &Layout,
+    source: &ImageRef,
+    blob: &Descriptor,
+    advance: &(dyn Fn(u64) + Sync),
+) -> Result<u64, ImageError> {
+    let mut reader = client.blob_reader(source, &blob.digest, blob.size);
+    let mut temp = layout.begin_blob(&blob.digest).await?;
+    // The reader verifies digest and size before it returns None, so the
+    // rename in commit only ever publishes verified bytes.
+    while let Some(chunk) = reader.next_chunk().await? {
+        temp.write(&chunk).await?;
+        advance(chunk.len() as u64);
+    }
+    temp.commit().await?;
+    Ok(blob.size)
+}
+
+/// Fetches every manifest of one image and decides what the bundle holds.
+pub async fn resolve(
+    client: &Client,
+    layout: &Layout,
+    reference: &ImageRef,
+    platforms: &[Platform],
+) -> Result<ResolvedImage, ImageError> {
+    let root = fetch_root(client, layout, reference).await?;
+    let source_digest = root.digest.clone();
+    let mut out = Collected::default();
+    let mut image_platforms = Vec::new();
+
+    let root = match root.kind {
+        Kind::Index => {
+            let entries = select_platforms(&root, platforms)?;
+            let mut ancestors = vec![root.digest.clone()];
+            for entry in &entries {
+                if let Some(p) = &entry.platform {
+                    image_platforms.push(p.clone());
+                }
+                walk(client, layout, reference, entry, 1, &mut ancestors, &mut out).await?;
+            }
+            if entries.len() == root.manifests.len() {
+                root
+            } else {
+                let keep: Vec<Digest> = entries.iter().map(|e| e.digest.clone()).collect();
+                let body = root.filtered_index(&keep)?;
+                Manifest::parse(Digest::sha256_of(&body), body, Some(&root.media_type))?
+            }
+        }
+        Kind::Image => {
+            let platform = image_platform(client, layout, reference, &root).await?;
+            if !platforms.is_empty() {
+                match &platform {
+                    Some(p) if platforms.iter().any(|f| f.selects(p)) => {}
+                    other => {
+                        return Err(ImageError::WrongPlatform {
+                            wanted: join_platforms(platforms),
+                            actual: other
+                                .as_ref()
+                                .map_or("of unknown platform".to_string(), |p| p.to_string()),
+                        });
+                    }
+                }
+            }
+            image_platforms.extend(platform);
+            out.add_blobs(&root.blobs);
+            root
+        }
+        // TODO(#5): fetch, verify and convert schema1 images.
+        Kind::Schema1 => {
+            return Err(ImageError::Invalid(
+                "a Docker schema1 image, which this version cannot export yet".into(),
+            ));
+        }
+    };
+    out.manifests.push(root.clone());
+    Ok(ResolvedImage {
+        reference: reference.clone(),
+        root,
+        source_digest,
+        manifests: out.manifests,
+        blobs: out.blobs,
+        platforms: image_platforms,
+    })
+}
+
+#[derive(Default)]
+struct Collected {
+    manifests: Vec<Manifest>,
+    blobs: Vec<Descriptor>,
+    seen: HashSet<Digest>,
+}
+
+impl Collected {
+    fn add_blobs(&mut self, blobs: &[Descriptor]) {
+        for b in blobs {
+            if self.seen.insert(b.digest.clone()) {
+                self.blobs.push(b.clone());
+            }
+        }
+    }
+}
+
+/// Fetches a child manifest and, for an index, its children first.
+fn walk<'a>(
+    client: &'a Client,
+    layout: &'a Layout,
+    reference: &'a ImageRef,
+    entry: &'a Descriptor,
+    depth: usize,
+    ancestors: &'a mut Vec<Digest>,
+    out: &'a mut Collected,
+) -> BoxFuture<'a, Result<(), ImageError>> {
+    Box::pin(async move {
+        let invalid = ImageError::Invalid;
+        if ancestors.contains(&entry.digest) {
+            return Err(invalid(format!("index {} lists itself", entry.digest)));
+        }
+        if depth > MAX_DEPTH {
+            return Err(invalid(format!(
+                "indexes nest deeper than {MAX_DEPTH} levels at {}",
+                entry.digest
+            )));
+        }
+        if out.manifests.iter().any(|m| m.digest == entry.digest) {
+            return Ok(());
+        }
+        let manifest =
+            manifest_by_digest(client, layout, reference, &entry.digest, Some(entry.size), Some(&entry.media_type))
+                .await?;
+        match manifest.kind {
+            Kind::Index => {
+                ancestors.push(manifest.digest.clone());
+                for child in &manifest.manifests {
+                    walk(client, layout, reference, child, depth + 1, ancestors, out).await?;
+                }
+                ancestors.pop();
+            }
+            Kind::Image => out.add_blobs(&manifest.blobs),
+            Kind::Schema1 => {
+                return Err(invalid(format!(
+                    "index entry {} is a schema1 manifest, which an index may not name",
+                    entry.digest
+                )));
+            }
+        }
+        out.manifests.push(manifest);
+        Ok(())
+    })
+}
+
+/// The root manifest: resolved with HEAD, read from the layout when it is
+/// already there, fetched by digest otherwise.
+async fn fetch_root(
+    client: &Client,
+    layout: &Layout,
+    reference: &ImageRef,
+) -> Result<Manifest, ImageError> {
+    if let Some(d) = reference.digest() {
+        return manifest_by_digest(client, layout, reference, d, None, None).await;
+    }
+    let head = match client.head_manifest(reference).await {
+        Ok(Some(found)) => Some(found),
+        Ok(None) => {
+            return Err(RegistryError::NotFound {
+                what: "the registry has no such image".to_string(),
+            }
+            .into());
+        }
+        // Some registries answer HEAD without a digest: GET by tag instead.
+        Err(RegistryError::Protocol { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match head {
+        Some((digest, size, content_type)) => {
+            manifest_by_digest(client, layout, reference, &digest, Some(size), content_type.as_deref())
+                .await
+        }
+        None => {
+            let fetched = client.get_manifest(reference).await?;
+            let hint = fetched.content_type.clone();
+            Ok(Manifest::parse(fetched.digest, fetched.body, hint.as_deref())?)
+        }
+    }
+}
+
+/// A manifest by digest, from the layout when present (verified again on
+/// read), from the registry otherwise.
+async fn manifest_by_digest(
+    client: &Client,
+    layout: &Layout,
+    reference: &ImageRef,
+    digest: &Digest,
+    size: Option<u64>,
+    hint: Option<&str>,
+) -> Result<Manifest, ImageError> {
+    let local = std::fs::metadata(layout.blob_path(digest))
+        .is_ok_and(|m| size.is_none_or(|s| m.len() == s));
+    let (body, content_type): (Bytes, Option<String>) = if local {
+        (layout.read_small_blob(digest, size)?, None)
+    } else {
+        let fetched = client.get_manifest(&reference.with_digest(digest.clone())).await?;
+        if let Some(s) = size
+            && fetched.body.len() as u64 != s
+        {
+            return Err(RegistryError::Verify {
+                what: format!("manifest {digest}"),
+                source: crate::digest::VerifyError::Size {
+                    digest: digest.clone(),
+                    expected: s,
+                    actual: fetched.body.len() as u64,
+                },
+            }
+            .into());
+        }
+        (fetched.body, fetched.content_type)
+    };
+    let hint = hint.map(str::to_string).or(content_type);
+    Ok(Manifest::parse(digest.clone(), body, hint.as_deref())?)
+}
+
+/// The entries of an index that the platform filter keeps.
+fn select_platforms(
+    index: &Manifest,
+    filters: &[Platform],
+) -> Result<Vec<Descriptor>, ImageError> {
+    if filters.is_empty() {
+        return Ok(index.manifests.clone());
+    }
+    for f in filters {
+        let found = index
+            .manifests
+            .iter()
+            .any(|e| e.platform.as_ref().is_some_and(|p| f.selects(p)));
+        if !found {
+            let available: Vec<String> = index
+                .manifests
+                .iter()
+                .filter_map(|e| e.platform.as_ref().map(|p| p.to_string()))
+                .collect();
+            return Err(ImageError::MissingPlatform {
+                wanted: f.to_string(),
+                available: available.join(", "),
+            });
+        }
+    }
+    Ok(index
+        .manifests
+        .iter()
+        .filter(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| filters.iter().any(|f| f.selects(p)))
+        })
+        .cloned()
+        .collect())
+}
+
+/// The platform an image manifest's config declares.
+async fn image_platform(
+    client: &Client,
+    layout: &Layout,
+    reference: &ImageRef,
+    manifest: &Manifest,
+) -> Result<Option<Platform>, ImageError> {
+    let Some(config) = manifest.blobs.first() else {
+        return Ok(None);
+    };
+    // Only image configs say a platform; artifacts' configs do not.
+    let is_image_config = config.media_type == "application/vnd.oci.image.config.v1+json"
+        || config.media_type == "application/vnd.docker.container.image.v1+json";
+    if !is_image_config || config.size > crate::manifest::MAX_MANIFEST_BYTES as u64 {
+        return Ok(None);
+    }
+    let bytes = if layout.has_blob(&config.digest, config.size) {
+        layout.read_small_blob(&config.digest, Some(config.size))?
+    } else {
+        let bytes = client
+            .get_small_blob(reference, &config.digest, config.size)
+            .await?;
+        layout.write_small_blob(&config.digest, &bytes)?;
+        bytes
+    };
+    #[derive(serde::Deserialize)]
+    struct Config {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
+    }
+    let parsed: Config = serde_json::from_slice(&bytes).map_err(|e| {
+        ImageError::Invalid(format!("config {} is not valid JSON: {e}", config.digest))
+    })?;
+    Ok(match (parsed.os, parsed.architecture) {
+        (Some(os), Some(architecture)) => Some(Platform {
+            os,
+            architecture,
+            variant: parsed.variant,
+        }),
+        _ => None,
+    })
+}
+
+fn join_platforms(platforms: &[Platform]) -> String {
+    let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+    names.join(", ")
+}
+
+/// Reads a list file: one reference a line, `#` comments, blank lines.
+pub fn parse_list_file(text: &str) -> Vec<(usize, String)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.split('#').next().unwrap_or("").trim().to_string()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect()
+}
+
+/// Keeps only the first of references that name the same image.
+pub fn dedupe(references: Vec<ImageRef>) -> Vec<ImageRef> {
+    let mut seen = HashSet::new();
+    references
+        .into_iter()
+        .filter(|r| seen.insert(r.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_file_skips_comments_and_blanks() {
+        let lines = parse_list_file("# images\nalpine:3.20\n\n  busybox # the small one\n");
+        assert_eq!(lines, vec![(2, "alpine:3.20".into()), (4, "busybox".into())]);
+    }
+}

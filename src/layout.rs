@@ -1,0 +1,438 @@
+//! The OCI image layout on disk: `oci-layout`, `index.json`, `blobs/`.
+//!
+//! Invariant: every file under `blobs/` was hashed while it was written and
+//! matches its name; it got there by a rename from `.airlock/tmp/` after its
+//! digest and size checked out. `index.json` is replaced by a rename, last,
+//! so an interrupted run leaves the previous, valid layout.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use crate::digest::{Digest, VerifyError, verify_bytes};
+use crate::manifest::{Descriptor, OCI_INDEX};
+
+/// The only `imageLayoutVersion` of the image spec.
+pub const LAYOUT_VERSION: &str = "1.0.0";
+/// Annotation naming an image inside a layout (image-spec).
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The full image name containerd reads before `REF_NAME`.
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// Where airlock keeps work in progress inside a layout; readers ignore it.
+const WORK_DIR: &str = ".airlock";
+
+/// A layout that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an OCI image layout: {reason}")]
+    NotLayout { path: PathBuf, reason: String },
+    #[error("{path}: malformed {what}: {reason}")]
+    Malformed {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("blob {digest} is missing from the layout ({path})")]
+    MissingBlob { digest: Digest, path: PathBuf },
+    #[error("blob file {path}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: VerifyError,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `index.json`: the layout's entry points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.to_string()),
+            manifests: Vec::new(),
+            annotations: None,
+        }
+    }
+}
+
+impl Index {
+    /// Adds an entry, replacing the one with the same ref name in place.
+    pub fn upsert(&mut self, entry: Descriptor) {
+        let name = ref_name(&entry).map(str::to_string);
+        match self
+            .manifests
+            .iter_mut()
+            .find(|e| name.is_some() && ref_name(e) == name.as_deref())
+        {
+            Some(existing) => *existing = entry,
+            None => self.manifests.push(entry),
+        }
+    }
+
+    /// Serialises with a stable key order and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("index always serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The name an `index.json` entry carries, if any.
+pub fn ref_name(entry: &Descriptor) -> Option<&str> {
+    entry
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .map(String::as_str)
+}
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Opens a layout for writing, creating it when the directory is new or
+    /// empty; refuses a non-empty directory that is not a layout.
+    pub fn create(root: &Path) -> Result<Layout, LayoutError> {
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        let marker = root.join("oci-layout");
+        if marker.exists() {
+            let layout = Layout::open(root)?;
+            layout.clean_work_dir()?;
+            return Ok(layout);
+        }
+        let has_entries = std::fs::read_dir(root)
+            .map_err(io_err(root))?
+            .next()
+            .is_some();
+        if has_entries {
+            return Err(LayoutError::NotLayout {
+                path: root.to_path_buf(),
+                reason: "the directory is not empty and has no oci-layout file; \
+                         choose a new or empty directory"
+                    .to_string(),
+            });
+        }
+        let layout = Layout {
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(layout.root.join("blobs/sha256")).map_err(io_err(root))?;
+        write_atomic(
+            &layout.root,
+            &marker,
+            format!("{{\"imageLayoutVersion\":\"{LAYOUT_VERSION}\"}}").as_bytes(),
+        )?;
+        layout.write_index(&Index::default())?;
+        Ok(layout)
+    }
+
+    /// Opens an existing layout, checking `oci-layout` and `index.json`.
+    pub fn open(root: &Path) -> Result<Layout, LayoutError> {
+        let marker = root.join("oci-layout");
+        let text = std::fs::read(&marker).map_err(|e| LayoutError::NotLayout {
+            path: root.to_path_buf(),
+            reason: format!("cannot read oci-layout: {e}"),
+        })?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Marker {
+            image_layout_version: String,
+        }
+        let parsed: Marker =
+            serde_json::from_slice(&text).map_err(|e| LayoutError::Malformed {
+                path: marker.clone(),
+                what: "oci-layout",
+                reason: e.to_string(),
+            })?;
+        if parsed.image_layout_version != LAYOUT_VERSION {
+            return Err(LayoutError::Malformed {
+                path: marker,
+                what: "oci-layout",
+                reason: format!(
+                    "imageLayoutVersion {:?} is not {LAYOUT_VERSION:?}",
+                    parsed.image_layout_version
+                ),
+            });
+        }
+        let layout = Layout {
+            root: root.to_path_buf(),
+        };
+        layout.read_index()?;
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of a blob; safe because a [`Digest`] is validated hex.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// Whether the blob is present with the right size. Presence is enough:
+    /// nothing lands under `blobs/` unverified.
+    pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    pub fn read_index(&self) -> Result<Index, LayoutError> {
+        let path = self.root.join("index.json");
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| LayoutError::Malformed {
+            path: path.clone(),
+            what: "index.json",
+            reason: e.to_string(),
+        })?;
+        if index.schema_version != 2 {
+            return Err(LayoutError::Malformed {
+                path,
+                what: "index.json",
+                reason: format!("schemaVersion {} is not 2", index.schema_version),
+            });
+        }
+        Ok(index)
+    }
+
+    /// Replaces `index.json` atomically, after making every blob durable.
+    pub fn write_index(&self, index: &Index) -> Result<(), LayoutError> {
+        let blobs = self.root.join("blobs/sha256");
+        if blobs.exists() {
+            sync_dir(&blobs)?;
+        }
+        write_atomic(&self.root, &self.root.join("index.json"), &index.to_bytes())
+    }
+
+    /// Reads a small blob (manifest, config) whole and verifies it.
+    pub fn read_small_blob(&self, digest: &Digest, size: Option<u64>) -> Result<Bytes, LayoutError> {
+        let path = self.blob_path(digest);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LayoutError::MissingBlob {
+                digest: digest.clone(),
+                path: path.clone(),
+            },
+            _ => LayoutError::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        verify_bytes(digest, size, &bytes).map_err(|source| LayoutError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Stores bytes already verified against `digest` (a manifest fetched by
+    /// digest, say).
+    pub fn write_small_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), LayoutError> {
+        verify_bytes(digest, None, bytes).map_err(|source| LayoutError::Corrupt {
+            path: self.blob_path(digest),
+            source,
+        })?;
+        if self.has_blob(digest, bytes.len() as u64) {
+            return Ok(());
+        }
+        let dir = self.work_dir()?;
+        write_atomic(&dir, &self.blob_path(digest), bytes)
+    }
+
+    /// Starts writing a blob into the layout's work area.
+    pub async fn begin_blob(&self, digest: &Digest) -> Result<TempBlob, LayoutError> {
+        let dir = self.work_dir()?;
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("{}-", &digest.hex()[..16]))
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))?;
+        let (file, path) = temp.keep().map_err(|e| LayoutError::Io {
+            path: dir.clone(),
+            source: e.error,
+        })?;
+        Ok(TempBlob {
+            writer: Some(BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file))),
+            path,
+            target: self.blob_path(digest),
+            committed: false,
+        })
+    }
+
+    fn work_dir(&self) -> Result<PathBuf, LayoutError> {
+        let dir = self.root.join(WORK_DIR).join("tmp");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(dir)
+    }
+
+    /// Removes what an interrupted run left half-written.
+    fn clean_work_dir(&self) -> Result<(), LayoutError> {
+        let dir = self.root.join(WORK_DIR);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LayoutError::Io { path: dir, source: e }),
+        }
+    }
+
+    /// Removes the work area once a run is done with it.
+    pub fn finish(&self) -> Result<(), LayoutError> {
+        self.clean_work_dir()
+    }
+}
+
+/// A blob being written; it reaches `blobs/` only through [`TempBlob::commit`].
+pub struct TempBlob {
+    writer: Option<BufWriter<tokio::fs::File>>,
+    path: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl TempBlob {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
+        let w = self.writer.as_mut().expect("writer lives until commit");
+        w.write_all(bytes).await.map_err(io_err(&self.path))
+    }
+
+    /// Flushes, syncs and renames the blob into place. Call only after the
+    /// verifier accepted every byte written.
+    pub async fn commit(mut self) -> Result<(), LayoutError> {
+        let mut w = self.writer.take().expect("writer lives until commit");
+        w.flush().await.map_err(io_err(&self.path))?;
+        let file = w.into_inner();
+        file.sync_all().await.map_err(io_err(&self.path))?;
+        drop(file);
+        set_readable(&self.path)?;
+        tokio::fs::rename(&self.path, &self.target)
+            .await
+            .map_err(io_err(&self.target))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `bytes` to a temporary file in `tmp_dir`, syncs it and renames it
+/// over `target`.
+fn write_atomic(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let mut temp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
+    temp.write_all(bytes).map_err(io_err(target))?;
+    temp.as_file().sync_all().map_err(io_err(target))?;
+    set_readable(temp.path())?;
+    temp.persist(target).map_err(|e| LayoutError::Io {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Temporary files are created 0600; a bundle is for others to read too.
+fn set_readable(path: &Path) -> Result<(), LayoutError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_empty_non_layout_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert!(matches!(
+            Layout::create(dir.path()),
+            Err(LayoutError::NotLayout { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_wrong_layout_version() {
+        let dir = tempfile::tempdir().unwrap();
+        Layout::create(dir.path()).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), r#"{"imageLayoutVersion":"2.0.0"}"#)
+            .unwrap();
+        let err = Layout::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("2.0.0"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn uncommitted_blob_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"abc");
+        let mut t = layout.begin_blob(&d).await.unwrap();
+        t.write(b"ab").await.unwrap();
+        drop(t);
+        assert!(!layout.has_blob(&d, 3));
+        let leftovers = std::fs::read_dir(dir.path().join(".airlock/tmp")).unwrap().count();
+        assert_eq!(leftovers, 0);
+        let mut t = layout.begin_blob(&d).await.unwrap();
+        t.write(b"abc").await.unwrap();
+        t.commit().await.unwrap();
+        assert!(layout.has_blob(&d, 3));
+        assert_eq!(&layout.read_small_blob(&d, Some(3)).unwrap()[..], b"abc");
+    }
+
+    #[test]
+    fn upsert_replaces_by_name() {
+        let mut index = Index::default();
+        let mk = |name: &str, body: &[u8]| Descriptor {
+            media_type: OCI_INDEX.into(),
+            digest: Digest::sha256_of(body),
+            size: body.len() as u64,
+            platform: None,
+            artifact_type: None,
+            annotations: Some(BTreeMap::from([(REF_NAME.to_string(), name.to_string())])),
+        };
+        index.upsert(mk("a", b"1"));
+        index.upsert(mk("b", b"2"));
+        index.upsert(mk("a", b"3"));
+        assert_eq!(index.manifests.len(), 2);
+        assert_eq!(index.manifests[0].digest, Digest::sha256_of(b"3"));
+    }
+}

@@ -1,0 +1,30 @@
+//! airlock moves container images across an air gap.
+//!
+//! The library is organised by the nouns of that job:
+//!
+//! - [`digest`]: validated digests and the one verifier every byte passes.
+//! - [`reference`]: image references, normalised as docker does, and import
+//!   targets.
+//! - [`platform`]: `os/arch/variant` and how filters select index entries.
+//! - [`manifest`]: media types, classification and descriptors; manifests
+//!   keep their exact bytes.
+//! - [`registry`]: the distribution protocol, with auth, retries, resumable
+//!   downloads and verified uploads.
+//! - [`layout`]: the OCI image layout on disk, written atomically.
+//! - [`export`] and [`import`]: the transfer engines.
+//! - [`progress`]: bars and the summary line.
+//! - [`cli`]: the command line and the subcommands that drive the engines.
+//!
+//! The invariant that holds across all of them: nothing is renamed into a
+//! bundle or reported as pushed before its digest and size were checked.
+
+pub mod cli;
+pub mod digest;
+pub mod export;
+pub mod import;
+pub mod layout;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod reference;
+pub mod registry;

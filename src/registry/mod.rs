@@ -1,0 +1,951 @@
+//! The registry client: the distribution protocol as airlock uses it.
+//!
+//! oci-client obtains bearer tokens (the challenge and token dance); the
+//! requests themselves are ours, over the same reqwest, because oci-client
+//! hides what we must see and control: the Content-Type of a manifest, the
+//! status and `Retry-After` of a failed answer, resumable blob reads, one
+//! streamed PUT per upload, and mounts that the registry refuses with 202.
+//!
+//! Invariant: every body this module hands out as "fetched" or reports as
+//! "pushed" went through a [`Verifier`] for the digest it was asked for.
+
+pub mod auth;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use oci_client::RegistryOperation;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use crate::digest::{Digest, Verifier, VerifyError};
+use crate::manifest::{ACCEPT as MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+use crate::reference::ImageRef;
+use auth::{CredentialSource, Credentials};
+use retry::{RetryPolicy, retryable_error, retryable_status};
+
+/// A registry request that failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{what}: {source}")]
+    Transport {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: registry answered {status}{}", detail_suffix(.detail))]
+    Status {
+        what: String,
+        status: StatusCode,
+        detail: String,
+    },
+    #[error("{what}: not found")]
+    NotFound { what: String },
+    #[error(
+        "{what}: access denied ({status}). Check the credentials for {registry} \
+         (docker login, --username with --password-stdin)"
+    )]
+    Denied {
+        what: String,
+        registry: String,
+        status: StatusCode,
+    },
+    #[error("{what}: authentication with {registry} failed: {reason}")]
+    Auth {
+        what: String,
+        registry: String,
+        reason: String,
+    },
+    #[error("{what}")]
+    Verify {
+        what: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("{what}: {reason}")]
+    Protocol { what: String, reason: String },
+    #[error("cannot set up a client: {0}")]
+    Setup(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+impl RegistryError {
+    /// Whether the failure came from the registry or network and could go
+    /// away on a later run (as opposed to content that is wrong).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } => true,
+            RegistryError::Status { status, .. } => retryable_status(*status),
+            _ => false,
+        }
+    }
+}
+
+/// How to reach registries: transport and trust.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Speak HTTP instead of HTTPS.
+    pub plain_http: bool,
+    /// HTTPS without certificate verification.
+    pub insecure: bool,
+    /// Extra PEM root certificates.
+    pub ca_file: Option<PathBuf>,
+    pub credentials: CredentialSource,
+    pub retry: RetryPolicy,
+}
+
+/// What a request is for, in the token scope's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+/// The header a repository's requests carry, once worked out.
+#[derive(Clone)]
+enum AuthHeader {
+    None,
+    Basic(Credentials),
+    Bearer(String),
+}
+
+/// A manifest as the registry served it.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// The digest of `body` (verified against the reference when it named
+    /// one, and against `Docker-Content-Digest` when the registry sent it).
+    pub digest: Digest,
+}
+
+/// The registry client shared by every task of a run.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    oci: oci_client::Client,
+    options: ConnectOptions,
+    /// Auth headers per (registry, repository, access).
+    auth: Mutex<HashMap<(String, String, Access), AuthHeader>>,
+}
+
+impl Client {
+    /// Builds a client; a bad CA file is an error here, not a silent default.
+    pub fn new(options: ConnectOptions) -> Result<Client, RegistryError> {
+        let mut certs = Vec::new();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(32);
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                RegistryError::Setup(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+            let parsed = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::Setup(format!("CA file {} is not PEM: {e}", path.display()))
+            })?;
+            if parsed.is_empty() {
+                return Err(RegistryError::Setup(format!(
+                    "CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in parsed {
+                builder = builder.add_root_certificate(cert);
+            }
+            certs.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem,
+            });
+        }
+        if options.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+
+        let config = ClientConfig {
+            protocol: if options.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: options.insecure,
+            extra_root_certificates: certs,
+            ..ClientConfig::default()
+        };
+        // try_from, not new: new() falls back to a default config on error.
+        let oci = oci_client::Client::try_from(config)
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                oci,
+                options,
+                auth: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn base_url(&self, image: &ImageRef) -> String {
+        let scheme = if self.inner.options.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}/v2/{}", image.api_host(), image.repository())
+    }
+
+    /// Works out (once per repository and access) which header to send.
+    async fn auth_header(
+        &self,
+        image: &ImageRef,
+        access: Access,
+        what: &str,
+    ) -> Result<AuthHeader, RegistryError> {
+        let key = (
+            image.api_host().to_string(),
+            image.repository().to_string(),
+            access,
+        );
+        if let Some(h) = self.inner.auth.lock().expect("auth lock").get(&key) {
+            return Ok(h.clone());
+        }
+        let creds = self.inner.options.credentials.lookup(image.registry());
+        let registry_auth = match &creds {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        let oci_ref = oci_client::Reference::with_tag(
+            image.api_host().to_string(),
+            image.repository().to_string(),
+            "latest".to_string(),
+        );
+        let op = match access {
+            Access::Pull => RegistryOperation::Pull,
+            Access::Push => RegistryOperation::Push,
+        };
+        let token = self
+            .inner
+            .oci
+            .auth(&oci_ref, &registry_auth, op)
+            .await
+            .map_err(|e| RegistryError::Auth {
+                what: what.to_string(),
+                registry: image.registry().to_string(),
+                reason: auth_reason(&e),
+            })?;
+        let header = match (token, creds) {
+            (Some(t), _) => AuthHeader::Bearer(t),
+            (None, Some(c)) => AuthHeader::Basic(c),
+            (None, None) => AuthHeader::None,
+        };
+        self.inner
+            .auth
+            .lock()
+            .expect("auth lock")
+            .insert(key, header.clone());
+        Ok(header)
+    }
+
+    fn forget_auth(&self, image: &ImageRef, access: Access) {
+        let key = (
+            image.api_host().to_string(),
+            image.repository().to_string(),
+            access,
+        );
+        self.inner.auth.lock().expect("auth lock").remove(&key);
+    }
+
+    /// Sends a repeatable request with auth, retrying what the policy allows.
+    ///
+    /// `build` is called once per attempt. Answers other than 401, 429 and
+    /// 5xx are returned as they are, for the caller to judge.
+    async fn send(
+        &self,
+        image: &ImageRef,
+        access: Access,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let policy = self.inner.options.retry;
+        let mut reauthed = false;
+        let mut attempt = 0u32;
+        loop {
+            let header = self.auth_header(image, access, what).await?;
+            let mut request = build(&self.inner.http);
+            request = match &header {
+                AuthHeader::None => request,
+                AuthHeader::Basic(c) => request.basic_auth(&c.username, Some(&c.password)),
+                AuthHeader::Bearer(t) => request.bearer_auth(t),
+            };
+            let failure = match request.send().await {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
+                    // A token may have expired mid-run: fetch a new one once.
+                    reauthed = true;
+                    self.forget_auth(image, access);
+                    continue;
+                }
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        || resp.status() == StatusCode::FORBIDDEN =>
+                {
+                    return Err(RegistryError::Denied {
+                        what: what.to_string(),
+                        registry: image.registry().to_string(),
+                        status: resp.status(),
+                    });
+                }
+                Ok(resp) if retryable_status(resp.status()) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let detail = error_detail(resp).await;
+                    (
+                        Some(headers),
+                        RegistryError::Status {
+                            what: what.to_string(),
+                            status,
+                            detail,
+                        },
+                    )
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if retryable_error(&e) => (
+                    None,
+                    RegistryError::Transport {
+                        what: what.to_string(),
+                        source: e.without_url(),
+                    },
+                ),
+                Err(e) => {
+                    return Err(RegistryError::Transport {
+                        what: what.to_string(),
+                        source: e.without_url(),
+                    });
+                }
+            };
+            attempt += 1;
+            let (headers, err) = failure;
+            if attempt > policy.retries {
+                return Err(err);
+            }
+            let wait = policy.backoff(attempt, headers.as_ref());
+            tracing::debug!("{err}; retry {attempt}/{} in {wait:?}", policy.retries);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Fetches a manifest by tag or digest, verified, at most 4 MiB.
+    pub async fn get_manifest(&self, image: &ImageRef) -> Result<FetchedManifest, RegistryError> {
+        let reference = image.fetch_reference();
+        let what = format!("manifest {reference}");
+        let url = format!("{}/manifests/{reference}", self.base_url(image));
+        let accept = MANIFEST_TYPES.join(", ");
+        let policy = self.inner.options.retry;
+        let mut attempt = 0;
+        loop {
+            let resp = self
+                .send(image, Access::Pull, &what, |c| {
+                    c.get(&url).header(ACCEPT, accept.as_str())
+                })
+                .await?;
+            let resp = check_status(resp, &what).await?;
+            let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str())
+                .map(|ct| ct.split(';').next().unwrap_or("").trim().to_string());
+            let header_digest = header_str(resp.headers(), "docker-content-digest");
+            match read_limited(resp, MAX_MANIFEST_BYTES, &what).await {
+                Ok(body) => {
+                    let digest = verify_manifest(image, &body, header_digest.as_deref(), &what)?;
+                    return Ok(FetchedManifest {
+                        body,
+                        content_type,
+                        digest,
+                    });
+                }
+                Err(e) if e.is_transient() && attempt < policy.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(policy.backoff(attempt, None)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves a manifest reference with HEAD: its digest, size and media
+    /// type, or `None` when the registry does not have it.
+    pub async fn head_manifest(
+        &self,
+        image: &ImageRef,
+    ) -> Result<Option<(Digest, u64, Option<String>)>, RegistryError> {
+        let what = format!("manifest {}", image.fetch_reference());
+        let url = format!("{}/manifests/{}", self.base_url(image), image.fetch_reference());
+        let accept = MANIFEST_TYPES.join(", ");
+        let resp = self
+            .send(image, Access::Pull, &what, |c| {
+                c.head(&url).header(ACCEPT, accept.as_str())
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check_status(resp, &what).await?;
+        let digest = header_str(resp.headers(), "docker-content-digest")
+            .and_then(|d| d.parse::<Digest>().ok());
+        let size = header_str(resp.headers(), CONTENT_LENGTH.as_str())
+            .and_then(|s| s.parse::<u64>().ok());
+        let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+        match (digest, size) {
+            (Some(d), Some(s)) => Ok(Some((d, s, content_type))),
+            // Without a digest header HEAD tells us nothing we can trust.
+            _ => Err(RegistryError::Protocol {
+                what,
+                reason: "HEAD answer has no Docker-Content-Digest".to_string(),
+            }),
+        }
+    }
+
+    /// Pushes a manifest's exact bytes under `reference` (a tag or digest).
+    pub async fn put_manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        media_type: &str,
+        body: &Bytes,
+    ) -> Result<Digest, RegistryError> {
+        let what = format!("push of manifest {}/{}:{reference}", image.registry(), image.repository());
+        let url = format!("{}/manifests/{reference}", self.base_url(image));
+        let resp = self
+            .send(image, Access::Push, &what, |c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(body.clone())
+            })
+            .await?;
+        let resp = check_status(resp, &what).await?;
+        let ours = Digest::sha256_of(body);
+        if let Some(theirs) = header_str(resp.headers(), "docker-content-digest")
+            && theirs != ours.to_string()
+        {
+            return Err(RegistryError::Protocol {
+                what,
+                reason: format!("registry stored it as {theirs}, expected {ours}"),
+            });
+        }
+        Ok(ours)
+    }
+
+    /// Whether the repository holds a blob; returns its size when it does.
+    pub async fn blob_exists(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        let what = format!("blob {digest} in {}/{}", image.registry(), image.repository());
+        let url = format!("{}/blobs/{digest}", self.base_url(image));
+        let resp = self
+            .send(image, Access::Pull, &what, |c| c.head(&url))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check_status(resp, &what).await?;
+        Ok(Some(
+            header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        ))
+    }
+
+    /// Opens a blob for reading. The stream resumes after dropped
+    /// connections and verifies digest and size at its end.
+    pub fn blob_reader(&self, image: &ImageRef, digest: &Digest, size: u64) -> BlobReader {
+        BlobReader {
+            client: self.clone(),
+            image: image.clone(),
+            url: format!("{}/blobs/{digest}", self.base_url(image)),
+            what: format!("blob {digest}"),
+            verifier: Some(Verifier::new(digest, Some(size))),
+            response: None,
+            skip: 0,
+            failures: 0,
+        }
+    }
+
+    /// Fetches a small blob (a config) whole into memory, verified.
+    pub async fn get_small_blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Bytes, RegistryError> {
+        let mut reader = self.blob_reader(image, digest, size);
+        let mut out = Vec::with_capacity(size.min(MAX_MANIFEST_BYTES as u64) as usize);
+        while let Some(chunk) = reader.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Uploads a blob unless the repository has it; mounts it from `from`
+    /// when given. `open` produces the bytes, once per attempt; they are
+    /// verified as they stream and a mismatch aborts the upload.
+    ///
+    /// Returns how the blob got there.
+    pub async fn push_blob<S, F>(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        from: Option<&str>,
+        open: F,
+    ) -> Result<Pushed, RegistryError>
+    where
+        F: Fn() -> S,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let what = format!("upload of blob {digest} to {}/{}", image.registry(), image.repository());
+        let policy = self.inner.options.retry;
+        let mut attempt = 0;
+        loop {
+            match self.push_blob_once(image, digest, size, from, &open, &what).await {
+                Ok(p) => return Ok(p),
+                Err(e) if e.is_transient() && attempt < policy.retries => {
+                    attempt += 1;
+                    let wait = policy.backoff(attempt, None);
+                    tracing::debug!("{e}; starting the upload again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn push_blob_once<S, F>(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        from: Option<&str>,
+        open: &F,
+        what: &str,
+    ) -> Result<Pushed, RegistryError>
+    where
+        F: Fn() -> S,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let base = self.base_url(image);
+        let mut start = format!("{base}/blobs/uploads/");
+        if let Some(repo) = from {
+            start.push_str(&format!("?mount={digest}&from={repo}"));
+        }
+        let resp = self
+            .send(image, Access::Push, what, |c| {
+                c.post(&start).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        if resp.status() == StatusCode::CREATED && from.is_some() {
+            return Ok(Pushed::Mounted);
+        }
+        // 202 also answers a refused mount: the registry opened a normal
+        // upload session instead, and we use it.
+        let resp = check_status(resp, what).await?;
+        let location = header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| {
+            RegistryError::Protocol {
+                what: what.to_string(),
+                reason: "upload session has no Location".to_string(),
+            }
+        })?;
+        let put_url = upload_url(&base, &location, digest)?;
+
+        // One streamed PUT: distribution's per-request cost makes many small
+        // PATCHes slow, and a single request is as resumable as a chunk
+        // (a failed attempt starts a new session).
+        let failed: Arc<Mutex<Option<VerifyError>>> = Arc::new(Mutex::new(None));
+        let body = verified_stream(open(), Verifier::new(digest, Some(size)), failed.clone());
+        let header = self.auth_header(image, Access::Push, what).await?;
+        let mut request = self
+            .inner
+            .http
+            .put(&put_url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size.to_string())
+            .body(reqwest::Body::wrap_stream(body));
+        request = match &header {
+            AuthHeader::None => request,
+            AuthHeader::Basic(c) => request.basic_auth(&c.username, Some(&c.password)),
+            AuthHeader::Bearer(t) => request.bearer_auth(t),
+        };
+        let sent = request.send().await;
+        if let Some(source) = failed.lock().expect("verify flag").take() {
+            return Err(RegistryError::Verify {
+                what: what.to_string(),
+                source,
+            });
+        }
+        let resp = sent.map_err(|e| RegistryError::Transport {
+            what: what.to_string(),
+            source: e.without_url(),
+        })?;
+        if retryable_status(resp.status()) {
+            let status = resp.status();
+            return Err(RegistryError::Status {
+                what: what.to_string(),
+                status,
+                detail: error_detail(resp).await,
+            });
+        }
+        let resp = check_status(resp, what).await?;
+        if let Some(theirs) = header_str(resp.headers(), "docker-content-digest")
+            && theirs != digest.to_string()
+        {
+            return Err(RegistryError::Protocol {
+                what: what.to_string(),
+                reason: format!("registry stored it as {theirs}"),
+            });
+        }
+        Ok(Pushed::Uploaded)
+    }
+}
+
+/// How a blob reached the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Uploaded,
+    Mounted,
+}
+
+/// A blob download that resumes with `Range` after a dropped connection and
+/// verifies everything it yielded when it ends.
+pub struct BlobReader {
+    client: Client,
+    image: ImageRef,
+    url: String,
+    what: String,
+    verifier: Option<Verifier>,
+    response: Option<Response>,
+    /// Bytes of a restarted (200, not 206) answer already yielded before.
+    skip: u64,
+    failures: u32,
+}
+
+impl BlobReader {
+    /// The next chunk, or `None` once the whole blob arrived and verified.
+    ///
+    /// Chunks are not trustworthy until `None` came back: write them to a
+    /// temporary place only.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, RegistryError> {
+        let policy = self.client.inner.options.retry;
+        loop {
+            let Some(offset) = self.verifier.as_ref().map(Verifier::seen) else {
+                return Ok(None);
+            };
+            if self.response.is_none() {
+                match self.open(offset).await {
+                    Ok(r) => self.response = Some(r),
+                    Err(e) if e.is_transient() && self.failures < policy.retries => {
+                        self.failures += 1;
+                        tokio::time::sleep(policy.backoff(self.failures, None)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let resp = self.response.as_mut().expect("response set above");
+            let verifier = self.verifier.as_mut().expect("checked above");
+            match resp.chunk().await {
+                Ok(Some(mut chunk)) => {
+                    if self.skip > 0 {
+                        let n = self.skip.min(chunk.len() as u64) as usize;
+                        self.skip -= n as u64;
+                        chunk = chunk.slice(n..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    verifier.update(&chunk).map_err(|source| RegistryError::Verify {
+                        what: self.what.clone(),
+                        source,
+                    })?;
+                    return Ok(Some(chunk));
+                }
+                Ok(None) => {
+                    let verifier = self.verifier.take().expect("checked above");
+                    self.response = None;
+                    verifier.finish().map_err(|source| RegistryError::Verify {
+                        what: self.what.clone(),
+                        source,
+                    })?;
+                    return Ok(None);
+                }
+                Err(e) if self.failures < policy.retries => {
+                    self.failures += 1;
+                    tracing::debug!(
+                        "{}: connection lost after {} bytes ({e}); resuming",
+                        self.what,
+                        verifier.seen()
+                    );
+                    self.response = None;
+                    tokio::time::sleep(policy.backoff(self.failures, None)).await;
+                }
+                Err(e) => {
+                    return Err(RegistryError::Transport {
+                        what: self.what.clone(),
+                        source: e.without_url(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn open(&mut self, offset: u64) -> Result<Response, RegistryError> {
+        let url = self.url.clone();
+        let resp = self
+            .client
+            .send(&self.image, Access::Pull, &self.what, |c| {
+                let r = c.get(&url);
+                if offset > 0 {
+                    r.header("range", format!("bytes={offset}-"))
+                } else {
+                    r
+                }
+            })
+            .await?;
+        if offset > 0 && resp.status() == StatusCode::OK {
+            // The registry ignored the range: read past what we have.
+            self.skip = offset;
+        } else if offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = header_str(resp.headers(), "content-range")
+                .and_then(|r| r.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+            if start != Some(offset) {
+                return Err(RegistryError::Protocol {
+                    what: self.what.clone(),
+                    reason: format!("asked to resume at byte {offset}, got another range"),
+                });
+            }
+            self.skip = 0;
+        }
+        check_status(resp, &self.what).await
+    }
+}
+
+/// Wraps a byte stream so that each chunk is verified and the stream fails
+/// at its end (aborting the request it feeds) when the content is wrong.
+fn verified_stream<S>(
+    inner: S,
+    verifier: Verifier,
+    failed: Arc<Mutex<Option<VerifyError>>>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    let state = (Box::pin(inner), Some(verifier), failed);
+    futures::stream::unfold(state, |(mut inner, mut verifier, failed)| async move {
+        let v = verifier.as_mut()?;
+        let fail = |e: VerifyError, failed: &Arc<Mutex<Option<VerifyError>>>| {
+            let msg = e.to_string();
+            *failed.lock().expect("verify flag") = Some(e);
+            std::io::Error::other(msg)
+        };
+        match inner.next().await {
+            Some(Ok(chunk)) => match v.update(&chunk) {
+                Ok(()) => Some((Ok(chunk), (inner, verifier, failed))),
+                Err(e) => {
+                    let err = fail(e, &failed);
+                    Some((Err(err), (inner, None, failed)))
+                }
+            },
+            Some(Err(e)) => Some((Err(e), (inner, None, failed))),
+            None => {
+                let v = verifier.take().expect("checked above");
+                match v.finish() {
+                    Ok(_) => None,
+                    Err(e) => {
+                        let err = fail(e, &failed);
+                        Some((Err(err), (inner, None, failed)))
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Builds the PUT URL from an upload `Location`, which may be relative and
+/// may carry a query of its own (distribution's `_state`).
+fn upload_url(base: &str, location: &str, digest: &Digest) -> Result<String, RegistryError> {
+    let base_url = reqwest::Url::parse(base).map_err(|e| RegistryError::Protocol {
+        what: "upload".to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut url = base_url
+        .join(location)
+        .map_err(|e| RegistryError::Protocol {
+            what: "upload".to_string(),
+            reason: format!("bad Location {location:?}: {e}"),
+        })?;
+    url.query_pairs_mut().append_pair("digest", &digest.to_string());
+    Ok(url.to_string())
+}
+
+/// Checks a digest-addressed or tag-addressed manifest body.
+fn verify_manifest(
+    image: &ImageRef,
+    body: &Bytes,
+    header: Option<&str>,
+    what: &str,
+) -> Result<Digest, RegistryError> {
+    let verify_err = |source| RegistryError::Verify {
+        what: what.to_string(),
+        source,
+    };
+    if let Some(want) = image.digest() {
+        crate::digest::verify_bytes(want, None, body).map_err(verify_err)?;
+        return Ok(want.clone());
+    }
+    let computed = Digest::sha256_of(body);
+    if let Some(h) = header.and_then(|h| h.parse::<Digest>().ok()) {
+        let ours = h.recompute(body);
+        if ours != h {
+            return Err(verify_err(VerifyError::Digest {
+                expected: h,
+                actual: ours,
+            }));
+        }
+    }
+    Ok(computed)
+}
+
+async fn check_status(resp: Response, what: &str) -> Result<Response, RegistryError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Err(RegistryError::NotFound {
+            what: what.to_string(),
+        });
+    }
+    Err(RegistryError::Status {
+        what: what.to_string(),
+        status,
+        detail: error_detail(resp).await,
+    })
+}
+
+/// The first error of a distribution error body, or a short text excerpt.
+async fn error_detail(resp: Response) -> String {
+    let body = resp.bytes().await.unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(&body)
+        && let Some(first) = e.errors.first()
+    {
+        return format!(
+            "{} {}",
+            first.code.clone().unwrap_or_default(),
+            first.message.clone().unwrap_or_default()
+        )
+        .trim()
+        .to_string();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+async fn read_limited(
+    mut resp: Response,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, RegistryError> {
+    if let Some(len) = resp.content_length()
+        && len > limit as u64
+    {
+        return Err(RegistryError::Protocol {
+            what: what.to_string(),
+            reason: format!("{len} bytes is over the {limit}-byte manifest limit"),
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Transport {
+        what: what.to_string(),
+        source: e.without_url(),
+    })? {
+        if out.len() + chunk.len() > limit {
+            return Err(RegistryError::Protocol {
+                what: what.to_string(),
+                reason: format!("body is over the {limit}-byte manifest limit"),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// oci-client's auth errors, without anything a token server echoed back
+/// that could hold a secret.
+fn auth_reason(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::AuthenticationFailure(_) => {
+            "the token server refused the credentials. Check them (docker login, \
+             --username with --password-stdin)"
+                .to_string()
+        }
+        other => {
+            let text = other.to_string();
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_url_keeps_existing_query() {
+        let d = Digest::sha256_of(b"");
+        let url = upload_url(
+            "http://127.0.0.1:5000/v2/team/app",
+            "/v2/team/app/blobs/uploads/abc?_state=xyz",
+            &d,
+        )
+        .unwrap();
+        assert!(url.starts_with("http://127.0.0.1:5000/v2/team/app/blobs/uploads/abc?_state=xyz&digest=sha256%3A"));
+        let abs = upload_url("http://a/v2/x", "https://b/up?x=1", &d).unwrap();
+        assert!(abs.starts_with("https://b/up?x=1&digest="));
+    }
+}
