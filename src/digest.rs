@@ -292,8 +292,16 @@ mod tests {
 
     #[test]
     fn rejects_digest_with_path_separator() {
-        for bad in ["sha256:../../x", "sha256:/etc/passwd", "../sha256:00", "sha256:"] {
-            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))), "{bad}");
+        for bad in [
+            "sha256:../../x",
+            "sha256:/etc/passwd",
+            "../sha256:00",
+            "sha256:",
+        ] {
+            assert!(
+                matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -317,7 +325,11 @@ mod tests {
         assert!(verify_bytes(&d, Some(5), b"hello").is_ok());
         assert!(matches!(
             verify_bytes(&d, Some(5), b"hello!"),
-            Err(VerifyError::Size { expected: 5, actual: 6, .. })
+            Err(VerifyError::Size {
+                expected: 5,
+                actual: 6,
+                ..
+            })
         ));
         assert!(matches!(
             verify_bytes(&d, Some(5), b"hellO"),

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use crate::digest::Digest;
-use crate::layout::{CONTAINERD_NAME, LayoutError, Layout, REF_NAME};
+use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
 use crate::progress::{Progress, human_bytes, rate};
@@ -190,8 +190,10 @@ pub async fn export_to_layout(
             let digest = blob.digest.clone();
             async move {
                 let task = tokio::spawn(async move {
-                    fetch_blob(&client, &layout, &source, &blob, &|n| progress.advance(&bar, n))
-                        .await
+                    fetch_blob(&client, &layout, &source, &blob, &|n| {
+                        progress.advance(&bar, n)
+                    })
+                    .await
                 });
                 let outcome = match task.await {
                     Ok(r) => r.map_err(|e| e.to_string()),
@@ -325,7 +327,16 @@ pub async fn resolve(
                 if let Some(p) = &entry.platform {
                     image_platforms.push(p.clone());
                 }
-                walk(client, layout, reference, entry, 1, &mut ancestors, &mut out).await?;
+                walk(
+                    client,
+                    layout,
+                    reference,
+                    entry,
+                    1,
+                    &mut ancestors,
+                    &mut out,
+                )
+                .await?;
             }
             if entries.len() == root.manifests.len() {
                 root
@@ -413,9 +424,15 @@ fn walk<'a>(
         if out.manifests.iter().any(|m| m.digest == entry.digest) {
             return Ok(());
         }
-        let manifest =
-            manifest_by_digest(client, layout, reference, &entry.digest, Some(entry.size), Some(&entry.media_type))
-                .await?;
+        let manifest = manifest_by_digest(
+            client,
+            layout,
+            reference,
+            &entry.digest,
+            Some(entry.size),
+            Some(&entry.media_type),
+        )
+        .await?;
         match manifest.kind {
             Kind::Index => {
                 ancestors.push(manifest.digest.clone());
@@ -461,13 +478,24 @@ async fn fetch_root(
     };
     match head {
         Some((digest, size, content_type)) => {
-            manifest_by_digest(client, layout, reference, &digest, Some(size), content_type.as_deref())
-                .await
+            manifest_by_digest(
+                client,
+                layout,
+                reference,
+                &digest,
+                Some(size),
+                content_type.as_deref(),
+            )
+            .await
         }
         None => {
             let fetched = client.get_manifest(reference).await?;
             let hint = fetched.content_type.clone();
-            Ok(Manifest::parse(fetched.digest, fetched.body, hint.as_deref())?)
+            Ok(Manifest::parse(
+                fetched.digest,
+                fetched.body,
+                hint.as_deref(),
+            )?)
         }
     }
 }
@@ -487,7 +515,9 @@ async fn manifest_by_digest(
     let (body, content_type): (Bytes, Option<String>) = if local {
         (layout.read_small_blob(digest, size)?, None)
     } else {
-        let fetched = client.get_manifest(&reference.with_digest(digest.clone())).await?;
+        let fetched = client
+            .get_manifest(&reference.with_digest(digest.clone()))
+            .await?;
         if let Some(s) = size
             && fetched.body.len() as u64 != s
         {
@@ -508,10 +538,7 @@ async fn manifest_by_digest(
 }
 
 /// The entries of an index that the platform filter keeps.
-fn select_platforms(
-    index: &Manifest,
-    filters: &[Platform],
-) -> Result<Vec<Descriptor>, ImageError> {
+fn select_platforms(index: &Manifest, filters: &[Platform]) -> Result<Vec<Descriptor>, ImageError> {
     if filters.is_empty() {
         return Ok(index.manifests.clone());
     }
@@ -597,7 +624,12 @@ fn join_platforms(platforms: &[Platform]) -> String {
 pub fn parse_list_file(text: &str) -> Vec<(usize, String)> {
     text.lines()
         .enumerate()
-        .map(|(n, line)| (n + 1, line.split('#').next().unwrap_or("").trim().to_string()))
+        .map(|(n, line)| {
+            (
+                n + 1,
+                line.split('#').next().unwrap_or("").trim().to_string(),
+            )
+        })
         .filter(|(_, line)| !line.is_empty())
         .collect()
 }
@@ -618,6 +650,9 @@ mod tests {
     #[test]
     fn list_file_skips_comments_and_blanks() {
         let lines = parse_list_file("# images\nalpine:3.20\n\n  busybox # the small one\n");
-        assert_eq!(lines, vec![(2, "alpine:3.20".into()), (4, "busybox".into())]);
+        assert_eq!(
+            lines,
+            vec![(2, "alpine:3.20".into()), (4, "busybox".into())]
+        );
     }
 }

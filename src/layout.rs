@@ -168,12 +168,11 @@ impl Layout {
         struct Marker {
             image_layout_version: String,
         }
-        let parsed: Marker =
-            serde_json::from_slice(&text).map_err(|e| LayoutError::Malformed {
-                path: marker.clone(),
-                what: "oci-layout",
-                reason: e.to_string(),
-            })?;
+        let parsed: Marker = serde_json::from_slice(&text).map_err(|e| LayoutError::Malformed {
+            path: marker.clone(),
+            what: "oci-layout",
+            reason: e.to_string(),
+        })?;
         if parsed.image_layout_version != LAYOUT_VERSION {
             return Err(LayoutError::Malformed {
                 path: marker,
@@ -237,7 +236,11 @@ impl Layout {
     }
 
     /// Reads a small blob (manifest, config) whole and verifies it.
-    pub fn read_small_blob(&self, digest: &Digest, size: Option<u64>) -> Result<Bytes, LayoutError> {
+    pub fn read_small_blob(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<Bytes, LayoutError> {
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => LayoutError::MissingBlob {
@@ -282,7 +285,10 @@ impl Layout {
             source: e.error,
         })?;
         Ok(TempBlob {
-            writer: Some(BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file))),
+            writer: Some(BufWriter::with_capacity(
+                1 << 20,
+                tokio::fs::File::from_std(file),
+            )),
             path,
             target: self.blob_path(digest),
             committed: false,
@@ -301,7 +307,10 @@ impl Layout {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LayoutError::Io { path: dir, source: e }),
+            Err(e) => Err(LayoutError::Io {
+                path: dir,
+                source: e,
+            }),
         }
     }
 
@@ -394,8 +403,11 @@ mod tests {
     fn rejects_wrong_layout_version() {
         let dir = tempfile::tempdir().unwrap();
         Layout::create(dir.path()).unwrap();
-        std::fs::write(dir.path().join("oci-layout"), r#"{"imageLayoutVersion":"2.0.0"}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"2.0.0"}"#,
+        )
+        .unwrap();
         let err = Layout::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("2.0.0"), "{err}");
     }
@@ -409,7 +421,9 @@ mod tests {
         t.write(b"ab").await.unwrap();
         drop(t);
         assert!(!layout.has_blob(&d, 3));
-        let leftovers = std::fs::read_dir(dir.path().join(".airlock/tmp")).unwrap().count();
+        let leftovers = std::fs::read_dir(dir.path().join(".airlock/tmp"))
+            .unwrap()
+            .count();
         assert_eq!(leftovers, 0);
         let mut t = layout.begin_blob(&d).await.unwrap();
         t.write(b"abc").await.unwrap();

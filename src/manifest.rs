@@ -115,7 +115,11 @@ impl Manifest {
     ///
     /// `hint` is the media type from a descriptor or a Content-Type header,
     /// used only when the body does not say.
-    pub fn parse(digest: Digest, body: Bytes, hint: Option<&str>) -> Result<Manifest, ManifestError> {
+    pub fn parse(
+        digest: Digest,
+        body: Bytes,
+        hint: Option<&str>,
+    ) -> Result<Manifest, ManifestError> {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge {
                 digest,
@@ -139,12 +143,7 @@ impl Manifest {
             OCI_INDEX | DOCKER_LIST => Kind::Index,
             OCI_MANIFEST | DOCKER_MANIFEST => Kind::Image,
             SCHEMA1 | SCHEMA1_SIGNED => Kind::Schema1,
-            _ => {
-                return Err(ManifestError::UnknownType {
-                    digest,
-                    media_type,
-                })
-            }
+            _ => return Err(ManifestError::UnknownType { digest, media_type }),
         };
 
         let mut manifest = Manifest {
@@ -218,7 +217,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(idx.kind, Kind::Index);
-        assert_eq!(idx.manifests[0].platform.as_ref().unwrap().architecture, "amd64");
+        assert_eq!(
+            idx.manifests[0].platform.as_ref().unwrap().architecture,
+            "amd64"
+        );
         let img = parse(&format!(
             r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D}","size":0}},"layers":[]}}"#
         ))
@@ -238,7 +240,10 @@ mod tests {
             r#"{{"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:../../x","size":1}}]}}"#
         );
         assert!(matches!(parse(&bad), Err(ManifestError::Json { .. })));
-        assert!(matches!(parse("{not json"), Err(ManifestError::Json { .. })));
+        assert!(matches!(
+            parse("{not json"),
+            Err(ManifestError::Json { .. })
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ impl Platform {
     pub fn parse(input: &str) -> Result<Platform, PlatformError> {
         let parts: Vec<&str> = input.trim().split('/').collect();
         let ok = |s: &str| {
-            !s.is_empty()
+            s.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };

@@ -51,7 +51,9 @@ impl Progress {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let bar = self.multi.insert_before(&self.total, ProgressBar::new(bytes));
+        let bar = self
+            .multi
+            .insert_before(&self.total, ProgressBar::new(bytes));
         bar.set_style(bytes_style());
         bar.set_prefix(shorten(name, 40));
         bar
@@ -98,7 +100,14 @@ fn shorten(name: &str, width: usize) -> String {
     if name.chars().count() <= width {
         return name.to_string();
     }
-    let tail: String = name.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = name
+        .chars()
+        .rev()
+        .take(width - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("…{tail}")
 }
 

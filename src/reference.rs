@@ -226,7 +226,10 @@ mod tests {
     fn retargets_under_prefix() {
         let r = ImageRef::parse("src.example:5000/team/app:1.2").unwrap();
         let t = Target::parse("mirror.local:5000/offline").unwrap();
-        assert_eq!(r.retarget(&t).name(), "mirror.local:5000/offline/team/app:1.2");
+        assert_eq!(
+            r.retarget(&t).name(),
+            "mirror.local:5000/offline/team/app:1.2"
+        );
         let t = Target::parse("mirror.local:5000").unwrap();
         assert_eq!(r.retarget(&t).name(), "mirror.local:5000/team/app:1.2");
         assert!(Target::parse("mirror.local:5000/Off Line").is_err());

@@ -53,7 +53,11 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
     if verbosity != Verbosity::Quiet {
         eprintln!("{}", report.summary());
     }
-    Ok(report_failures(&report.failed, references.len(), "exported"))
+    Ok(report_failures(
+        &report.failed,
+        references.len(),
+        "exported",
+    ))
 }
 
 fn collect_references(args: &ExportArgs) -> anyhow::Result<Vec<ImageRef>> {
@@ -71,7 +75,9 @@ fn collect_references(args: &ExportArgs) -> anyhow::Result<Vec<ImageRef>> {
         }
     }
     if refs.is_empty() {
-        return Err(usage("no images given: name them as arguments or with -f LIST"));
+        return Err(usage(
+            "no images given: name them as arguments or with -f LIST",
+        ));
     }
     Ok(dedupe(refs))
 }
@@ -81,7 +87,9 @@ fn parse_annotations(items: &[String]) -> anyhow::Result<BTreeMap<String, String
         .iter()
         .map(|item| match item.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(usage(format!("invalid --annotation {item:?}: expected KEY=VALUE"))),
+            _ => Err(usage(format!(
+                "invalid --annotation {item:?}: expected KEY=VALUE"
+            ))),
         })
         .collect()
 }

@@ -1,14 +1,62 @@
 //! `airlock import`: bundle to registry.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 
-use crate::progress::Verbosity;
+use super::{ConnectArgs, report_failures, usage};
+use crate::import::{ImportOptions, import_layout, plan};
+use crate::layout::Layout;
+use crate::progress::{Progress, Verbosity};
+use crate::reference::Target;
 
 #[derive(Debug, Args)]
-pub struct ImportArgs {}
+pub struct ImportArgs {
+    /// The bundle: an OCI image-layout directory.
+    #[arg(value_name = "BUNDLE")]
+    bundle: PathBuf,
+    /// The registry, and optionally a repository prefix, to push to.
+    #[arg(long, value_name = "REGISTRY[/PREFIX]")]
+    to: String,
+    /// Import only this image of the bundle (repeatable).
+    #[arg(long = "image", value_name = "REF")]
+    images: Vec<String>,
+    /// Say what would be pushed; push nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
 
-pub async fn run(_args: ImportArgs, _verbosity: Verbosity) -> anyhow::Result<ExitCode> {
-    Ok(ExitCode::SUCCESS)
+pub async fn run(args: ImportArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
+    let target = Target::parse(&args.to).map_err(|e| usage(e.to_string()))?;
+    let layout = Layout::open(&args.bundle)
+        .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
+    let client = args.connect.client()?;
+    let options = ImportOptions {
+        target,
+        only: args.images.clone(),
+        dry_run: args.dry_run,
+        jobs: args.connect.jobs(),
+    };
+
+    let (planned, mut failed) = plan(&layout, &options)?;
+    if planned.is_empty() && failed.is_empty() {
+        anyhow::bail!("bundle {} names no images", args.bundle.display());
+    }
+    let total = planned.len() + failed.len();
+    if args.dry_run && verbosity != Verbosity::Quiet {
+        for image in &planned {
+            eprintln!("{} -> {}", image.name, image.target.name());
+        }
+    }
+    let progress = Progress::new(verbosity, "total");
+    let mut report = import_layout(&client, &layout, planned, &options, &progress).await;
+    failed.append(&mut report.failed);
+    if verbosity != Verbosity::Quiet {
+        eprintln!("{}", report.summary());
+    }
+    Ok(report_failures(&failed, total, "imported"))
 }

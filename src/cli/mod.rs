@@ -160,7 +160,10 @@ pub fn report_failures(failed: &[(String, String)], total: usize, verb: &str) ->
     if failed.is_empty() {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {} of {total} images could not be {verb}:", failed.len());
+    eprintln!(
+        "error: {} of {total} images could not be {verb}:",
+        failed.len()
+    );
     for (name, why) in failed {
         eprintln!("  {name}: {why}");
     }

@@ -37,7 +37,11 @@ impl CredentialSource {
             return Some(c.clone());
         }
         let keys: Vec<&str> = if registry == "docker.io" {
-            vec!["https://index.docker.io/v1/", "docker.io", "index.docker.io"]
+            vec![
+                "https://index.docker.io/v1/",
+                "docker.io",
+                "index.docker.io",
+            ]
         } else {
             vec![registry]
         };

@@ -398,7 +398,11 @@ impl Client {
         image: &ImageRef,
     ) -> Result<Option<(Digest, u64, Option<String>)>, RegistryError> {
         let what = format!("manifest {}", image.fetch_reference());
-        let url = format!("{}/manifests/{}", self.base_url(image), image.fetch_reference());
+        let url = format!(
+            "{}/manifests/{}",
+            self.base_url(image),
+            image.fetch_reference()
+        );
         let accept = MANIFEST_TYPES.join(", ");
         let resp = self
             .send(image, Access::Pull, &what, |c| {
@@ -411,8 +415,8 @@ impl Client {
         let resp = check_status(resp, &what).await?;
         let digest = header_str(resp.headers(), "docker-content-digest")
             .and_then(|d| d.parse::<Digest>().ok());
-        let size = header_str(resp.headers(), CONTENT_LENGTH.as_str())
-            .and_then(|s| s.parse::<u64>().ok());
+        let size =
+            header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok());
         let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         match (digest, size) {
             (Some(d), Some(s)) => Ok(Some((d, s, content_type))),
@@ -432,7 +436,11 @@ impl Client {
         media_type: &str,
         body: &Bytes,
     ) -> Result<Digest, RegistryError> {
-        let what = format!("push of manifest {}/{}:{reference}", image.registry(), image.repository());
+        let what = format!(
+            "push of manifest {}/{}:{reference}",
+            image.registry(),
+            image.repository()
+        );
         let url = format!("{}/manifests/{reference}", self.base_url(image));
         let resp = self
             .send(image, Access::Push, &what, |c| {
@@ -460,7 +468,11 @@ impl Client {
         image: &ImageRef,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        let what = format!("blob {digest} in {}/{}", image.registry(), image.repository());
+        let what = format!(
+            "blob {digest} in {}/{}",
+            image.registry(),
+            image.repository()
+        );
         let url = format!("{}/blobs/{digest}", self.base_url(image));
         let resp = self
             .send(image, Access::Pull, &what, |c| c.head(&url))
@@ -523,11 +535,18 @@ impl Client {
         F: Fn() -> S,
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        let what = format!("upload of blob {digest} to {}/{}", image.registry(), image.repository());
+        let what = format!(
+            "upload of blob {digest} to {}/{}",
+            image.registry(),
+            image.repository()
+        );
         let policy = self.inner.options.retry;
         let mut attempt = 0;
         loop {
-            match self.push_blob_once(image, digest, size, from, &open, &what).await {
+            match self
+                .push_blob_once(image, digest, size, from, &open, &what)
+                .await
+            {
                 Ok(p) => return Ok(p),
                 Err(e) if e.is_transient() && attempt < policy.retries => {
                     attempt += 1;
@@ -682,10 +701,12 @@ impl BlobReader {
                             continue;
                         }
                     }
-                    verifier.update(&chunk).map_err(|source| RegistryError::Verify {
-                        what: self.what.clone(),
-                        source,
-                    })?;
+                    verifier
+                        .update(&chunk)
+                        .map_err(|source| RegistryError::Verify {
+                            what: self.what.clone(),
+                            source,
+                        })?;
                     return Ok(Some(chunk));
                 }
                 Ok(None) => {
@@ -734,8 +755,13 @@ impl BlobReader {
             // The registry ignored the range: read past what we have.
             self.skip = offset;
         } else if offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = header_str(resp.headers(), "content-range")
-                .and_then(|r| r.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+            let start = header_str(resp.headers(), "content-range").and_then(|r| {
+                r.strip_prefix("bytes ")?
+                    .split('-')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
             if start != Some(offset) {
                 return Err(RegistryError::Protocol {
                     what: self.what.clone(),
@@ -802,7 +828,8 @@ fn upload_url(base: &str, location: &str, digest: &Digest) -> Result<String, Reg
             what: "upload".to_string(),
             reason: format!("bad Location {location:?}: {e}"),
         })?;
-    url.query_pairs_mut().append_pair("digest", &digest.to_string());
+    url.query_pairs_mut()
+        .append_pair("digest", &digest.to_string());
     Ok(url.to_string())
 }
 
@@ -944,7 +971,9 @@ mod tests {
             &d,
         )
         .unwrap();
-        assert!(url.starts_with("http://127.0.0.1:5000/v2/team/app/blobs/uploads/abc?_state=xyz&digest=sha256%3A"));
+        assert!(url.starts_with(
+            "http://127.0.0.1:5000/v2/team/app/blobs/uploads/abc?_state=xyz&digest=sha256%3A"
+        ));
         let abs = upload_url("http://a/v2/x", "https://b/up?x=1", &d).unwrap();
         assert!(abs.starts_with("https://b/up?x=1&digest="));
     }
