@@ -19,8 +19,8 @@ pub use super::push::*;
 
 #[allow(unused_imports)]
 pub use super::http::{
-    ACCEPT_ALL_MANIFESTS, FetchedManifest, blob_exists, catalog, get_blob, get_manifest,
-    list_tags, push_blob, push_manifest, try_get_manifest,
+    ACCEPT_ALL_MANIFESTS, FetchedManifest, blob_exists, catalog, get_blob, get_manifest, list_tags,
+    push_blob, push_manifest, try_get_manifest,
 };
 
 /// OCI image manifest media type.
@@ -124,7 +124,8 @@ impl LayerKind {
             LayerKind::OciGzip | LayerKind::DockerGzip => {
                 // Default GzBuilder writes mtime 0 and no file name, so the
                 // output depends only on the input.
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(tar).expect("gzip layer");
                 enc.finish().expect("gzip layer")
             }

@@ -7,6 +7,7 @@
 
 mod http;
 pub mod images;
+pub mod layout;
 mod push;
 pub mod registry;
 pub mod tools;

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::http::{push_blob, push_manifest};
-use super::images::{Blob, Flavour, Index, LayerKind, Manifest, Platform, derive_seed, random_layer};
+use super::images::{
+    Blob, Flavour, Index, LayerKind, Manifest, Platform, derive_seed, random_layer,
+};
 use super::registry::Registry;
 
 /// Seeds for an image: `base` drives the per-platform base layer, `app` the
@@ -192,7 +194,11 @@ pub fn build_multiarch(
         .map(|p| {
             let platform = Platform::parse(p);
             let kind = flavour.gzip_layer();
-            let base = random_layer(derive_seed(seed.base, &format!("base/{p}")), layer_size, kind);
+            let base = random_layer(
+                derive_seed(seed.base, &format!("base/{p}")),
+                layer_size,
+                kind,
+            );
             let app_size = (layer_size / 2).max(1);
             let app = random_layer(derive_seed(seed.app, &format!("app/{p}")), app_size, kind);
             Manifest::build(flavour, platform, vec![base, app], seed.app)
