@@ -344,8 +344,10 @@ fn podman_pulls_pushed_images_over_plain_http() {
     let reg = Registry::start();
     let single = images::push_single(&reg, "pod/single", "v1", 31, &[LAYER], Flavour::Docker);
     let multi = images::push_multiarch_oci(&reg, "pod/multi", "v1", 32, PLATFORMS, LAYER);
+    let zst = images::push_zstd_image(&reg, "pod/zstd", "v1", 33, LAYER);
     let podman = Podman::new();
 
+    // podman's image id is the config digest.
     let id = podman.pull(&single.reference());
     assert_eq!(format!("sha256:{id}"), single.manifests[0].config.digest);
     assert_eq!(podman.image_digest(&single.reference()), single.digest);
@@ -356,13 +358,44 @@ fn podman_pulls_pushed_images_over_plain_http() {
         format!("sha256:{id}"),
         multi.manifest("linux/amd64").config.digest
     );
+
+    // zstd and uncompressed layers, pulled by digest.
+    let id = podman.pull(&zst.digest_reference());
+    assert_eq!(format!("sha256:{id}"), zst.manifests[0].config.digest);
+
     assert_eq!(
         podman.image_names(),
         [
             format!("{}/pod/multi:v1", reg.host()),
-            format!("{}/pod/single:v1", reg.host())
+            format!("{}/pod/single:v1", reg.host()),
+            format!("{}/pod/zstd:<none>", reg.host()),
         ]
     );
+}
+
+#[test]
+fn registries_started_in_parallel_are_isolated() {
+    let regs: Vec<Registry> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(Registry::start)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ports: Vec<u16> = regs.iter().map(|r| r.port()).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 4);
+    for (i, reg) in regs.iter().enumerate() {
+        images::push_single(
+            reg,
+            &format!("only/{i}"),
+            "t",
+            i as u64,
+            &[100],
+            Flavour::Oci,
+        );
+    }
+    for (i, reg) in regs.iter().enumerate() {
+        assert_eq!(images::catalog(reg), [format!("only/{i}")]);
+    }
 }
 
 #[test]
@@ -475,4 +508,58 @@ fn airlock_binary_builds_and_runs() {
     let out = tools::airlock().arg("--help").output().unwrap();
     assert!(out.status.success(), "airlock --help failed: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("airlock"));
+}
+
+/// Pins down distribution 2.8's content negotiation, which export code
+/// must work with: without the right `Accept` it rewrites or hides
+/// manifests, whether or not schema 1 pushes are enabled.
+#[test]
+fn distribution_negotiates_manifests_by_accept_header() {
+    let reg = Registry::start();
+    let list = images::push_docker_list(&reg, "q/list", "l", 1, PLATFORMS, 1000);
+    let index = images::push_multiarch_oci(&reg, "q/oci", "o", 1, PLATFORMS, 1000);
+    let single = images::push_single(&reg, "q/d", "d", 1, &[1000], Flavour::Docker);
+    let fetch = |repo, tag, accept| {
+        images::get_manifest_accepting(&reg, repo, tag, accept)
+            .map(|m| (m.content_type, m.docker_content_digest))
+    };
+    let schema1 = images::DOCKER_SCHEMA1_SIGNED.to_string();
+    let is_schema1 = |got: Option<(String, String)>, original: &str| {
+        let (content_type, digest) = got.expect("manifest served");
+        content_type == schema1 && digest != original
+    };
+
+    // A v2s2 manifest is converted to schema 1 on the fly for clients
+    // that do not list v2s2.
+    assert!(is_schema1(fetch("q/d", "d", None), &single.digest));
+    assert!(is_schema1(
+        fetch("q/d", "d", Some(images::OCI_MANIFEST)),
+        &single.digest
+    ));
+    assert_eq!(
+        fetch("q/d", "d", Some(images::DOCKER_MANIFEST)),
+        Some((images::DOCKER_MANIFEST.to_string(), single.digest.clone()))
+    );
+    // A Docker list is replaced by its linux/amd64 child (or a schema 1
+    // rendering of it) unless the list type is accepted.
+    assert_eq!(
+        fetch("q/list", "l", Some(images::DOCKER_MANIFEST)),
+        Some((
+            images::DOCKER_MANIFEST.to_string(),
+            list.manifest("linux/amd64").digest.clone()
+        ))
+    );
+    assert!(is_schema1(fetch("q/list", "l", None), &list.digest));
+    // OCI documents are never converted: they are reported missing.
+    assert_eq!(fetch("q/oci", "o", None), None);
+    assert_eq!(fetch("q/oci", "o", Some(images::DOCKER_MANIFEST)), None);
+    assert_eq!(
+        fetch("q/oci", "o", Some(images::OCI_INDEX)),
+        Some((images::OCI_INDEX.to_string(), index.digest.clone()))
+    );
+
+    // Deletion works by digest (storage.delete is enabled).
+    assert!(images::delete_manifest(&reg, "q/d", &single.digest));
+    assert!(images::try_get_manifest(&reg, "q/d", &single.digest).is_none());
+    assert!(!images::delete_manifest(&reg, "q/d", &single.digest));
 }

@@ -147,9 +147,23 @@ pub fn get_manifest(reg: &Registry, repo: &str, reference: &str) -> (Vec<u8>, St
 
 /// Like [`get_manifest`], but `None` on 404 instead of panicking.
 pub fn try_get_manifest(reg: &Registry, repo: &str, reference: &str) -> Option<FetchedManifest> {
-    let what = format!("get manifest {repo}:{reference}");
+    get_manifest_accepting(reg, repo, reference, Some(ACCEPT_ALL_MANIFESTS))
+}
+
+/// Fetches a manifest with a chosen `Accept` header (`None` sends none), to
+/// observe how the registry negotiates; `None` on 404.
+pub fn get_manifest_accepting(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    accept: Option<&str>,
+) -> Option<FetchedManifest> {
+    let what = format!("get manifest {repo}:{reference} (Accept: {accept:?})");
     let url = format!("{}/v2/{repo}/manifests/{reference}", reg.url());
-    let req = client().get(&url).header("Accept", ACCEPT_ALL_MANIFESTS);
+    let mut req = client().get(&url);
+    if let Some(accept) = accept {
+        req = req.header("Accept", accept);
+    }
     let resp = send(reg, req, &what);
     if resp.status() == StatusCode::NOT_FOUND {
         return None;
@@ -166,6 +180,19 @@ pub fn try_get_manifest(reg: &Registry, repo: &str, reference: &str) -> Option<F
         content_type,
         docker_content_digest,
     })
+}
+
+/// Deletes a manifest by digest (the registry refuses deletion by tag).
+/// Returns false if it did not exist.
+pub fn delete_manifest(reg: &Registry, repo: &str, digest: &str) -> bool {
+    let what = format!("delete manifest {repo}@{digest}");
+    let url = format!("{}/v2/{repo}/manifests/{digest}", reg.url());
+    let resp = send(reg, client().delete(&url), &what);
+    match resp.status() {
+        StatusCode::ACCEPTED => true,
+        StatusCode::NOT_FOUND => false,
+        other => panic!("{what}: unexpected status {other}"),
+    }
 }
 
 /// Whether `HEAD /v2/<repo>/blobs/<digest>` finds the blob.

@@ -4,7 +4,8 @@
 //! tests can run in parallel without seeing each other's repositories.
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -17,6 +18,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many times to pick a fresh port when the chosen one turns out taken.
 const PORT_ATTEMPTS: usize = 8;
+
+/// Response header carrying a per-instance token, set via `http.headers`.
+const TOKEN_HEADER: &str = "X-Airlock-Test-Registry";
 
 /// Optional features of a test registry.
 #[derive(Debug, Clone, Default)]
@@ -180,7 +184,8 @@ impl Registry {
              http:\n  \
                addr: 127.0.0.1:{port}\n  \
                headers:\n    \
-                 X-Airlock-Test-Registry: [\"{token}\"]\n",
+                 {header}: [\"{token}\"]\n",
+            header = TOKEN_HEADER,
             storage = yaml_path(&storage),
             port = self.port,
             token = self.token,
@@ -198,9 +203,13 @@ impl Registry {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), StartError> {
+        // Append, so that logs from before a restart are kept for diagnosis.
         let log = |name: &str| {
-            fs::File::create(self.dir.path().join(name))
-                .unwrap_or_else(|e| panic!("create registry {name}: {e}"))
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap_or_else(|e| panic!("open registry {name}: {e}"))
         };
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -212,12 +221,6 @@ impl Registry {
             .map_err(|e| StartError::Fatal(format!("cannot spawn docker-registry: {e}")))?;
         self.child = Some(child);
 
-        let client = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("build readiness client");
-        let probe = format!("{}/v2/", self.url());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().ok().flatten() {
@@ -227,29 +230,23 @@ impl Registry {
                     "docker-registry exited early ({status}) on port {}; stderr:\n{stderr}",
                     self.port
                 );
-                return Err(if stderr.contains("address already in use") {
+                // Only the newest attempt's bind error means our port is taken.
+                let last = stderr.lines().last().unwrap_or_default();
+                return Err(if last.contains("address already in use") {
                     StartError::PortTaken(msg)
                 } else {
                     StartError::Fatal(msg)
                 });
             }
-            if let Ok(resp) = client.get(&probe).send() {
-                let ours = resp
-                    .headers()
-                    .get("X-Airlock-Test-Registry")
-                    .and_then(|v| v.to_str().ok())
-                    == Some(self.token.as_str());
-                let status = resp.status().as_u16();
-                // With htpasswd enabled an anonymous probe gets 401, which
-                // still proves the server is up and serving the API.
-                let expected = if self.options.htpasswd.is_some() {
-                    401
-                } else {
-                    200
-                };
-                if ours && status == expected {
-                    return Ok(());
-                }
+            // With htpasswd enabled an anonymous probe gets 401, which still
+            // proves the server is up and serving the API.
+            let expected = if self.options.htpasswd.is_some() {
+                401
+            } else {
+                200
+            };
+            if self.probe() == Some(expected) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 self.stop();
@@ -262,6 +259,34 @@ impl Registry {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Registry {
+    /// The status of `GET /v2/` if the answer carries our token, else None.
+    ///
+    /// Plain HTTP/1.0 over a TcpStream instead of reqwest: `reqwest::blocking`
+    /// panics when used inside an async runtime, and this way a Registry can
+    /// also be started from `#[tokio::test]` functions.
+    fn probe(&self) -> Option<u16> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host());
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = Vec::new();
+        // HTTP/1.0 without keep-alive: the server closes after the body.
+        stream.read_to_end(&mut response).ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, _) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let ours = lines.any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case(TOKEN_HEADER) && value.trim() == self.token
+            })
+        });
+        ours.then_some(status)
     }
 }
 
