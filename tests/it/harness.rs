@@ -199,6 +199,19 @@ fn docker_list_and_zstd_image_round_trip() {
     let doc = json(&bytes);
     assert_eq!(doc["config"]["mediaType"], images::DOCKER_CONFIG);
     assert_eq!(doc["layers"][0]["mediaType"], images::DOCKER_LAYER_GZIP);
+    // skopeo cannot put a Docker list into an OCI layout unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let dest = format!("oci:{}:l", dir.path().join("layout").display());
+    let out = tools::skopeo_try(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--all",
+        "--preserve-digests",
+        &list.docker_ref(),
+        &dest,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("preserve digests"));
 
     let zst = images::push_zstd_image(&reg, "oci/zstd", "z", 9, LAYER);
     let (bytes, content_type, digest) = images::get_manifest(&reg, "oci/zstd", "z");

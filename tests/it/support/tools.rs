@@ -122,8 +122,8 @@ pub fn umoci_ls(layout: impl AsRef<Path>) -> Vec<String> {
 }
 
 /// Unpacks `layout:tag` into a runtime bundle at `bundle` (which must not
-/// exist yet). Fails for tags that point at an index: umoci 0.4 only
-/// unpacks single-platform manifests.
+/// exist yet). Only for tags that point at a single manifest: for an index
+/// with several manifests umoci 0.4.7 fails with "tag is ambiguous".
 pub fn umoci_unpack(layout: impl AsRef<Path>, tag: &str, bundle: impl AsRef<Path>) {
     let image = format!("{}:{tag}", layout.as_ref().display());
     // --rootless skips chown/mknod, so the result does not depend on
