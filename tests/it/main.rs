@@ -1,0 +1,5 @@
+//! airlock's integration tests, in one binary so the harness and the
+//! dependency graph are compiled once.
+
+mod harness;
+mod support;
