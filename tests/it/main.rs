@@ -1,5 +1,6 @@
 //! airlock's integration tests, in one binary so the harness and the
 //! dependency graph are compiled once.
 
+mod export;
 mod harness;
 mod support;
