@@ -153,7 +153,9 @@ pub async fn export_to_layout(
                 }
                 images.push(image);
             }
-            Err(e) => report.failed.push((reference.name(), e.to_string())),
+            Err(e) => report
+                .failed
+                .push((reference.name(), crate::error_chain(&e))),
         }
     }
 
@@ -196,7 +198,7 @@ pub async fn export_to_layout(
                     .await
                 });
                 let outcome = match task.await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Ok(r) => r.map_err(|e| crate::error_chain(&e)),
                     Err(e) => Err(format!("download task failed: {e}")),
                 };
                 (digest, outcome)
@@ -234,7 +236,9 @@ pub async fn export_to_layout(
                 index.upsert(index_entry(&image, &options.annotations));
                 report.exported.push(image);
             }
-            Err(e) => report.failed.push((image.reference.name(), e.to_string())),
+            Err(e) => report
+                .failed
+                .push((image.reference.name(), crate::error_chain(&e))),
         }
     }
     layout.write_index(&index)?;

@@ -137,7 +137,7 @@ pub fn plan(
         }
         match plan_image(layout, entry, name, &options.target) {
             Ok(p) => planned.push(p),
-            Err(e) => failed.push((name.to_string(), e.to_string())),
+            Err(e) => failed.push((name.to_string(), crate::error_chain(&e))),
         }
     }
     for wanted in &options.only {
@@ -229,9 +229,10 @@ fn target_for(name: &str, entry: &Descriptor, target: &Target) -> Result<ImageRe
             )));
         };
         let candidate = format!("{}/{prefix}:{name}", target.registry);
-        return ImageRef::parse(&candidate).map_err(|e| ImportError::Invalid(e.to_string()));
+        return ImageRef::parse(&candidate)
+            .map_err(|e| ImportError::Invalid(crate::error_chain(&e)));
     }
-    let source = ImageRef::parse(name).map_err(|e| ImportError::Invalid(e.to_string()))?;
+    let source = ImageRef::parse(name).map_err(|e| ImportError::Invalid(crate::error_chain(&e)))?;
     // A digest-only name is pushed by digest: the root's own.
     if source.tag().is_none() && source.digest() != Some(&entry.digest) {
         return Err(ImportError::Invalid(format!(
@@ -419,7 +420,7 @@ pub async fn import_layout(
                             task.target.repository().to_string(),
                             task.blob.digest.clone(),
                         ),
-                        e.to_string(),
+                        crate::error_chain(&e),
                     );
                 }
             }
@@ -448,7 +449,7 @@ pub async fn import_layout(
                 }
                 let result = push_manifests(&client, &image)
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| crate::error_chain(&e));
                 (image, result)
             }
         })

@@ -28,7 +28,7 @@ const WORK_DIR: &str = ".airlock";
 /// A layout that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -312,6 +312,18 @@ impl Layout {
                 source: e,
             }),
         }
+    }
+
+    /// Removes a layout this run created and found no use for: its own
+    /// files, then the directory if nothing else is in it.
+    pub fn remove(&self) {
+        for dir in ["blobs", WORK_DIR] {
+            let _ = std::fs::remove_dir_all(self.root.join(dir));
+        }
+        for file in ["oci-layout", "index.json"] {
+            let _ = std::fs::remove_file(self.root.join(file));
+        }
+        let _ = std::fs::remove_dir(&self.root);
     }
 
     /// Removes the work area once a run is done with it.

@@ -28,3 +28,20 @@ pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+
+/// An error and its causes on one line, `outer: inner: innermost`, for
+/// reports that collect many failures as text.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // Some errors (reqwest's) repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

@@ -37,9 +37,11 @@ pub struct ExportArgs {
 
 pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
     let references = collect_references(&args)?;
-    let platforms = Platform::parse_list(&args.platform).map_err(|e| usage(e.to_string()))?;
+    let platforms =
+        Platform::parse_list(&args.platform).map_err(|e| usage(crate::error_chain(&e)))?;
     let annotations = parse_annotations(&args.annotation)?;
     let client = args.connect.client()?;
+    let existed = args.output.join("oci-layout").exists();
     let layout = Layout::create(&args.output)
         .with_context(|| format!("cannot use {} as the bundle", args.output.display()))?;
 
@@ -50,6 +52,10 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
     };
     let progress = Progress::new(verbosity, "total");
     let report = export_to_layout(&client, &layout, &references, &options, &progress).await?;
+    if !existed && report.exported.is_empty() {
+        // Nothing came of a new bundle: leave no empty layout behind.
+        layout.remove();
+    }
     if verbosity != Verbosity::Quiet {
         eprintln!("{}", report.summary());
     }
@@ -63,14 +69,19 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
 fn collect_references(args: &ExportArgs) -> anyhow::Result<Vec<ImageRef>> {
     let mut refs = Vec::new();
     for image in &args.images {
-        refs.push(ImageRef::parse(image).map_err(|e| usage(e.to_string()))?);
+        refs.push(ImageRef::parse(image).map_err(|e| usage(crate::error_chain(&e)))?);
     }
     if let Some(path) = &args.list {
         let text = std::fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read image list {}: {e}", path.display())))?;
         for (line, entry) in parse_list_file(&text) {
-            let r = ImageRef::parse(&entry)
-                .map_err(|e| usage(format!("{}:{line}: {e}", path.display())))?;
+            let r = ImageRef::parse(&entry).map_err(|e| {
+                usage(format!(
+                    "{}:{line}: {}",
+                    path.display(),
+                    crate::error_chain(&e)
+                ))
+            })?;
             refs.push(r);
         }
     }

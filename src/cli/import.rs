@@ -31,7 +31,7 @@ pub struct ImportArgs {
 }
 
 pub async fn run(args: ImportArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
-    let target = Target::parse(&args.to).map_err(|e| usage(e.to_string()))?;
+    let target = Target::parse(&args.to).map_err(|e| usage(crate::error_chain(&e)))?;
     let layout = Layout::open(&args.bundle)
         .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
     let client = args.connect.client()?;

@@ -34,7 +34,7 @@ use retry::{RetryPolicy, retryable_error, retryable_status};
 /// A registry request that failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Transport {
         what: String,
         #[source]
@@ -245,16 +245,29 @@ impl Client {
             Access::Pull => RegistryOperation::Pull,
             Access::Push => RegistryOperation::Push,
         };
-        let token = self
-            .inner
-            .oci
-            .auth(&oci_ref, &registry_auth, op)
-            .await
-            .map_err(|e| RegistryError::Auth {
-                what: what.to_string(),
-                registry: image.registry().to_string(),
-                reason: auth_reason(&e),
-            })?;
+        // The challenge and token requests are oci-client's, and it retries
+        // nothing: retry transport failures here like any other request.
+        let policy = self.inner.options.retry;
+        let mut attempt = 0;
+        let token = loop {
+            match self.inner.oci.auth(&oci_ref, &registry_auth, op).await {
+                Ok(token) => break token,
+                Err(oci_client::errors::OciDistributionError::RequestError(e))
+                    if retryable_error(&e) && attempt < policy.retries =>
+                {
+                    attempt += 1;
+                    tracing::debug!("{what}: auth request failed ({e}); retry {attempt}");
+                    tokio::time::sleep(policy.backoff(attempt, None)).await;
+                }
+                Err(e) => {
+                    return Err(RegistryError::Auth {
+                        what: what.to_string(),
+                        registry: image.registry().to_string(),
+                        reason: auth_reason(&e, self.inner.options.plain_http),
+                    });
+                }
+            }
+        };
         let header = match (token, creds) {
             (Some(t), _) => AuthHeader::Bearer(t),
             (None, Some(c)) => AuthHeader::Basic(c),
@@ -358,7 +371,7 @@ impl Client {
     /// Fetches a manifest by tag or digest, verified, at most 4 MiB.
     pub async fn get_manifest(&self, image: &ImageRef) -> Result<FetchedManifest, RegistryError> {
         let reference = image.fetch_reference();
-        let what = format!("manifest {reference}");
+        let what = manifest_what(image);
         let url = format!("{}/manifests/{reference}", self.base_url(image));
         let accept = MANIFEST_TYPES.join(", ");
         let policy = self.inner.options.retry;
@@ -397,7 +410,7 @@ impl Client {
         &self,
         image: &ImageRef,
     ) -> Result<Option<(Digest, u64, Option<String>)>, RegistryError> {
-        let what = format!("manifest {}", image.fetch_reference());
+        let what = manifest_what(image);
         let url = format!(
             "{}/manifests/{}",
             self.base_url(image),
@@ -600,7 +613,12 @@ impl Client {
         // PATCHes slow, and a single request is as resumable as a chunk
         // (a failed attempt starts a new session).
         let failed: Arc<Mutex<Option<VerifyError>>> = Arc::new(Mutex::new(None));
-        let body = verified_stream(open(), Verifier::new(digest, Some(size)), failed.clone());
+        let body = verified_stream(
+            open(),
+            Verifier::new(digest, Some(size)),
+            size,
+            failed.clone(),
+        );
         let header = self.auth_header(image, Access::Push, what).await?;
         let mut request = self
             .inner
@@ -774,43 +792,48 @@ impl BlobReader {
     }
 }
 
-/// Wraps a byte stream so that each chunk is verified and the stream fails
-/// at its end (aborting the request it feeds) when the content is wrong.
+/// Wraps a byte stream so that each chunk is verified, and the request it
+/// feeds is aborted when the content is wrong.
+///
+/// The digest is checked *before* the chunk that completes the expected
+/// size is handed on: once the last byte is out, the request is complete
+/// and the registry would commit (or reject) it without us.
 fn verified_stream<S>(
     inner: S,
     verifier: Verifier,
+    size: u64,
     failed: Arc<Mutex<Option<VerifyError>>>,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
 {
     let state = (Box::pin(inner), Some(verifier), failed);
-    futures::stream::unfold(state, |(mut inner, mut verifier, failed)| async move {
+    futures::stream::unfold(state, move |(mut inner, mut verifier, failed)| async move {
         let v = verifier.as_mut()?;
-        let fail = |e: VerifyError, failed: &Arc<Mutex<Option<VerifyError>>>| {
+        let fail = |e: VerifyError| {
             let msg = e.to_string();
             *failed.lock().expect("verify flag") = Some(e);
             std::io::Error::other(msg)
         };
-        match inner.next().await {
+        let checked = match inner.next().await {
             Some(Ok(chunk)) => match v.update(&chunk) {
-                Ok(()) => Some((Ok(chunk), (inner, verifier, failed))),
-                Err(e) => {
-                    let err = fail(e, &failed);
-                    Some((Err(err), (inner, None, failed)))
+                Ok(()) if v.seen() == size => {
+                    let v = verifier.take().expect("checked above");
+                    v.finish().map(|_| chunk).map_err(fail)
                 }
+                Ok(()) => Ok(chunk),
+                Err(e) => Err(fail(e)),
             },
-            Some(Err(e)) => Some((Err(e), (inner, None, failed))),
-            None => {
-                let v = verifier.take().expect("checked above");
-                match v.finish() {
-                    Ok(_) => None,
-                    Err(e) => {
-                        let err = fail(e, &failed);
-                        Some((Err(err), (inner, None, failed)))
-                    }
-                }
-            }
+            Some(Err(e)) => Err(e),
+            // Ended short of the size: the verifier says by how much.
+            None => match verifier.take().expect("checked above").finish() {
+                Ok(_) => return None,
+                Err(e) => Err(fail(e)),
+            },
+        };
+        match checked {
+            Ok(chunk) => Some((Ok(chunk), (inner, verifier, failed))),
+            Err(e) => Some((Err(e), (inner, None, failed))),
         }
     })
 }
@@ -934,6 +957,14 @@ async fn read_limited(
     Ok(Bytes::from(out))
 }
 
+/// How a manifest request names its object: the digest, or the tag.
+fn manifest_what(image: &ImageRef) -> String {
+    match image.digest() {
+        Some(d) => format!("manifest {d}"),
+        None => format!("tag {}", image.fetch_reference()),
+    }
+}
+
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -943,18 +974,20 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// oci-client's auth errors, without anything a token server echoed back
 /// that could hold a secret.
-fn auth_reason(e: &oci_client::errors::OciDistributionError) -> String {
+fn auth_reason(e: &oci_client::errors::OciDistributionError, plain_http: bool) -> String {
     use oci_client::errors::OciDistributionError as E;
     match e {
-        E::AuthenticationFailure(_) => {
-            "the token server refused the credentials. Check them (docker login, \
-             --username with --password-stdin)"
-                .to_string()
+        E::AuthenticationFailure(_) => "the token server refused the credentials. Check them \
+             (docker login, --username with --password-stdin)"
+            .to_string(),
+        E::RequestError(r) => {
+            let mut text = crate::error_chain(r);
+            if !plain_http && text.contains("InvalidContentType") {
+                text.push_str(". If the registry speaks plain HTTP, pass --plain-http");
+            }
+            text
         }
-        other => {
-            let text = other.to_string();
-            text.split_whitespace().collect::<Vec<_>>().join(" ")
-        }
+        other => crate::error_chain(other),
     }
 }
 

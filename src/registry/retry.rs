@@ -72,7 +72,31 @@ pub fn retryable_status(status: StatusCode) -> bool {
 /// Whether a transport error is worth trying again (all are, but a
 /// malformed URL or a bad request builder is a bug, not weather).
 pub fn retryable_error(e: &reqwest::Error) -> bool {
-    !e.is_builder() && !e.is_redirect()
+    !e.is_builder() && !e.is_redirect() && !is_tls_failure(e)
+}
+
+/// Whether a transport error is a TLS failure (a bad certificate, or HTTPS
+/// spoken to a plain-HTTP server): asking again gives the same answer.
+/// rustls's errors reach us only as text inside io errors, hence the match
+/// on their words.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if [
+            "certificate",
+            "InvalidContentType",
+            "HandshakeFailure",
+            "peer sent no certificates",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Parses `Retry-After` as delta-seconds or as an IMF-fixdate.

@@ -3,4 +3,5 @@
 
 mod export;
 mod harness;
+mod import;
 mod support;
