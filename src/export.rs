@@ -114,50 +114,7 @@ pub async fn export_to_layout(
 ) -> Result<ExportReport, LayoutError> {
     let jobs = options.jobs.max(1);
     let mut report = ExportReport::default();
-
-    // Resolve every image, several at a time.
-    let resolved: Vec<(ImageRef, Result<ResolvedImage, ImageError>)> =
-        futures::stream::iter(references.iter().cloned())
-            .map(|r| {
-                let client = client.clone();
-                let layout = layout.clone();
-                let platforms = options.platforms.clone();
-                async move {
-                    let result = tokio::spawn({
-                        let r = r.clone();
-                        async move { resolve(&client, &layout, &r, &platforms).await }
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ImageError::Invalid(format!("resolve task failed: {e}")))
-                    });
-                    (r, result)
-                }
-            })
-            .buffered(jobs)
-            .collect()
-            .await;
-
-    let mut images = Vec::new();
-    for (reference, result) in resolved {
-        match result {
-            Ok(image) => {
-                if image.root.digest != image.source_digest {
-                    progress.println(&format!(
-                        "{}: kept {}; index {} filtered to {}",
-                        reference.name(),
-                        join_platforms(&image.platforms),
-                        image.source_digest,
-                        image.root.digest
-                    ));
-                }
-                images.push(image);
-            }
-            Err(e) => report
-                .failed
-                .push((reference.name(), crate::error_chain(&e))),
-        }
-    }
+    let images = resolve_all(client, layout, references, options, progress, &mut report).await;
 
     // Fetch every blob not yet present, from all images in one pool.
     let mut wanted: Vec<(Descriptor, ImageRef, usize)> = Vec::new();
@@ -246,6 +203,63 @@ pub async fn export_to_layout(
     progress.finish();
     report.elapsed = progress.elapsed();
     Ok(report)
+}
+
+/// Resolves every image, several at a time; failures go into the report.
+///
+/// `cache` is a layout whose manifests need not be fetched again and where
+/// configs read to check a platform are kept.
+pub async fn resolve_all(
+    client: &Client,
+    cache: &Layout,
+    references: &[ImageRef],
+    options: &ExportOptions,
+    progress: &Progress,
+    report: &mut ExportReport,
+) -> Vec<ResolvedImage> {
+    let resolved: Vec<(ImageRef, Result<ResolvedImage, ImageError>)> =
+        futures::stream::iter(references.iter().cloned())
+            .map(|r| {
+                let client = client.clone();
+                let cache = cache.clone();
+                let platforms = options.platforms.clone();
+                async move {
+                    let result = tokio::spawn({
+                        let r = r.clone();
+                        async move { resolve(&client, &cache, &r, &platforms).await }
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ImageError::Invalid(format!("resolve task failed: {e}")))
+                    });
+                    (r, result)
+                }
+            })
+            .buffered(options.jobs.max(1))
+            .collect()
+            .await;
+
+    let mut images = Vec::new();
+    for (reference, result) in resolved {
+        match result {
+            Ok(image) => {
+                if image.root.digest != image.source_digest {
+                    progress.println(&format!(
+                        "{}: kept {}; index {} filtered to {}",
+                        reference.name(),
+                        join_platforms(&image.platforms),
+                        image.source_digest,
+                        image.root.digest
+                    ));
+                }
+                images.push(image);
+            }
+            Err(e) => report
+                .failed
+                .push((reference.name(), crate::error_chain(&e))),
+        }
+    }
+    images
 }
 
 /// Writes an image's manifests once every blob it names is in place.

@@ -18,6 +18,7 @@
 //! The invariant that holds across all of them: nothing is renamed into a
 //! bundle or reported as pushed before its digest and size were checked.
 
+pub mod archive;
 pub mod cli;
 pub mod digest;
 pub mod export;

@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{ConnectArgs, report_failures, usage};
+use crate::archive::write::export_to_archive;
+use crate::archive::{ArchivePaths, ChunkSize};
 use crate::export::{ExportOptions, dedupe, export_to_layout, parse_list_file};
 use crate::layout::Layout;
 use crate::platform::Platform;
@@ -22,9 +24,14 @@ pub struct ExportArgs {
     /// Also export the images listed in this file, one a line, # comments.
     #[arg(short = 'f', long = "file", value_name = "LIST")]
     list: Option<PathBuf>,
-    /// The bundle to write: an OCI image-layout directory.
-    #[arg(short, long, value_name = "DIR")]
+    /// The bundle to write: an OCI image-layout directory, or with a `.tar`
+    /// name (or --chunk-size) an archive of parts NAME.0001.tar, ...
+    #[arg(short, long, value_name = "DIR|NAME.tar")]
     output: PathBuf,
+    /// Write an archive whose parts are at most this large: bytes, 64MiB,
+    /// 700MB, or a preset: fat32 (the default), cd, dvd, bd25, none.
+    #[arg(long, value_name = "SIZE")]
+    chunk_size: Option<String>,
     /// Keep only these platforms (os/arch[/variant]); repeat or use commas.
     #[arg(long, value_name = "PLATFORM")]
     platform: Vec<String>,
@@ -41,16 +48,37 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
         Platform::parse_list(&args.platform).map_err(|e| usage(crate::error_chain(&e)))?;
     let annotations = parse_annotations(&args.annotation)?;
     let client = args.connect.client()?;
-    let existed = args.output.join("oci-layout").exists();
-    let layout = Layout::create(&args.output)
-        .with_context(|| format!("cannot use {} as the bundle", args.output.display()))?;
-
     let options = ExportOptions {
         platforms,
         annotations,
         jobs: args.connect.jobs(),
     };
     let progress = Progress::new(verbosity, "total");
+
+    let archive = args.chunk_size.is_some() || args.output.extension().is_some_and(|e| e == "tar");
+    if archive {
+        let chunk = match &args.chunk_size {
+            Some(text) => ChunkSize::parse(text).map_err(|e| usage(crate::error_chain(&e)))?,
+            None => ChunkSize::FAT32,
+        };
+        let paths = ArchivePaths::for_output(&args.output);
+        let report = export_to_archive(&client, &paths, &references, &options, chunk.0, &progress)
+            .await
+            .with_context(|| format!("cannot write archive {}", paths.stem.display()))?;
+        if verbosity != Verbosity::Quiet {
+            eprintln!("{}", report.summary());
+        }
+        return Ok(report_failures(
+            &report.export.failed,
+            references.len(),
+            "exported",
+        ));
+    }
+
+    let existed = args.output.join("oci-layout").exists();
+    let layout = Layout::create(&args.output)
+        .with_context(|| format!("cannot use {} as the bundle", args.output.display()))?;
+
     let report = export_to_layout(&client, &layout, &references, &options, &progress).await?;
     if !existed && report.exported.is_empty() {
         // Nothing came of a new bundle: leave no empty layout behind.

@@ -1,0 +1,1 @@
+//! Reading archives: finding parts, checking them, reading blobs.

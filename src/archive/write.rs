@@ -1,0 +1,765 @@
+//! Export into an archive: blobs stream from the registry to their planned
+//! place in the parts.
+//!
+//! Part files are created at their final size with every header, the
+//! identity member and the metadata already in place; downloads then write
+//! each blob's bytes at its planned offsets, so several blobs fill one part
+//! at once and nothing is staged. A part is hashed as soon as its last blob
+//! verified, and recorded in a state file: an interrupted export run again
+//! with the same images keeps those parts. The index is written last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::plan::{BLOCK, BlobInput, Content, Plan, header, plan};
+use super::{
+    ArchiveError, ArchiveIndex, ArchivePaths, FORMAT, ImageEntry, PartEntry, VERSION, part_label,
+};
+use crate::digest::Digest;
+use crate::export::{ExportOptions, ExportReport, ResolvedImage, index_entry, resolve_all};
+use crate::layout::{Index, Layout};
+use crate::manifest::Kind;
+use crate::progress::{Progress, human_bytes, rate};
+use crate::reference::ImageRef;
+use crate::registry::Client;
+
+/// How much of a blob is gathered before it is written to its part.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// The outcome of an archive export.
+#[derive(Debug, Default)]
+pub struct ArchiveReport {
+    pub export: ExportReport,
+    pub parts: usize,
+    pub parts_kept: usize,
+    pub bytes: u64,
+    pub up_to_date: bool,
+}
+
+impl ArchiveReport {
+    /// The one-line summary every run ends with.
+    pub fn summary(&self) -> String {
+        let e = &self.export;
+        let kept = if self.up_to_date {
+            ", already up to date".to_string()
+        } else if self.parts_kept > 0 {
+            format!(", {} kept from an earlier run", self.parts_kept)
+        } else {
+            String::new()
+        };
+        format!(
+            "exported {} image{} into {} part{} ({}{kept}): {} blobs fetched, {} in {:.1} s, {}",
+            e.exported.len(),
+            if e.exported.len() == 1 { "" } else { "s" },
+            self.parts,
+            if self.parts == 1 { "" } else { "s" },
+            human_bytes(self.bytes),
+            e.blobs_fetched,
+            human_bytes(e.bytes_fetched),
+            e.elapsed.as_secs_f64(),
+            rate(e.bytes_fetched, e.elapsed),
+        )
+    }
+}
+
+/// The resume record of an unfinished export.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    bundle: String,
+    /// Part number -> sha256 of the complete part.
+    complete: BTreeMap<u32, String>,
+}
+
+/// Exports `references` into the archive at `paths`.
+pub async fn export_to_archive(
+    client: &Client,
+    paths: &ArchivePaths,
+    references: &[ImageRef],
+    options: &ExportOptions,
+    chunk_size: u64,
+    progress: &Progress,
+) -> Result<ArchiveReport, ArchiveError> {
+    let dir = paths
+        .stem
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // Configs read to check a platform are kept here until they are copied
+    // into their part; only small blobs ever land in it.
+    let scratch_dir = tempfile::Builder::new()
+        .prefix(".airlock-scratch-")
+        .tempdir_in(&dir)
+        .map_err(io_err(&dir))?;
+    let scratch =
+        Layout::create(scratch_dir.path()).map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+
+    let mut report = ArchiveReport::default();
+    let images = resolve_all(
+        client,
+        &scratch,
+        references,
+        options,
+        progress,
+        &mut report.export,
+    )
+    .await;
+    if images.is_empty() {
+        report.export.elapsed = progress.elapsed();
+        return Ok(report);
+    }
+
+    let mtime = source_date_epoch();
+    let (metadata, blobs) = contents(&images, &options.annotations)?;
+    let meta_refs: Vec<(&str, Bytes)> = metadata.iter().map(|(p, b)| (*p, b.clone())).collect();
+    let plan = plan(chunk_size, mtime, &meta_refs, &blobs)?;
+    report.parts = plan.parts.len();
+    report.bytes = plan.parts.iter().map(|p| p.size).sum();
+    let index = archive_index(paths, &plan, &images, &[]);
+
+    // Up to date: the same bundle is already complete on disk.
+    if let Some(hashes) = complete_bundle(paths, &plan).await {
+        report.up_to_date = true;
+        report.parts_kept = plan.parts.len();
+        write_final(paths, &archive_index(paths, &plan, &images, &hashes))?;
+        report.export.exported = images;
+        report.export.elapsed = progress.elapsed();
+        return Ok(report);
+    }
+    remove_if_exists(&paths.index())?;
+    remove_if_exists(&paths.checksums())?;
+
+    let state = Arc::new(Mutex::new(kept_parts(paths, &plan).await));
+    report.parts_kept = state.lock().expect("state lock").complete.len();
+    save_state(paths, &state.lock().expect("state lock"))?;
+
+    let files = Arc::new(open_parts(
+        paths,
+        &plan,
+        &state.lock().expect("state lock"),
+    )?);
+    let pending = Arc::new(pending_counts(&plan, &files));
+    let mut hashing = Vec::new();
+    for part in &plan.parts {
+        let n = part.number;
+        if files[n as usize - 1].is_some() && pending[n as usize - 1].lock().expect("count").eq(&0)
+        {
+            hashing.push(tokio::spawn(finish_part(paths.clone(), n, state.clone())));
+        }
+    }
+
+    // Fetch the blobs whose bytes some unfinished part still lacks.
+    let mut wanted = Vec::new();
+    for entry in &plan.blobs {
+        let inline = matches!(
+            first_content(&plan, &entry.digest),
+            Some(Content::Inline(_))
+        );
+        let needed = entry
+            .pieces
+            .iter()
+            .any(|p| files[p.part as usize - 1].is_some());
+        if needed && !inline {
+            let image = images
+                .iter()
+                .position(|i| i.blobs.iter().any(|b| b.digest == entry.digest))
+                .unwrap_or(0);
+            wanted.push((entry.clone(), image));
+        }
+    }
+    let bars: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let bytes = wanted.iter().filter(|w| w.1 == i).map(|w| w.0.size).sum();
+            progress.add_total(bytes);
+            progress.image(&image.reference.name(), bytes)
+        })
+        .collect();
+    let jobs = options.jobs.max(1);
+    let results: Vec<(Digest, Result<u64, String>)> = futures::stream::iter(wanted)
+        .map(|(entry, i)| {
+            let client = client.clone();
+            let source = images[i].reference.clone();
+            let scratch = scratch.clone();
+            let files = files.clone();
+            let progress = progress.clone();
+            let bar = bars[i].clone();
+            async move {
+                let digest = entry.digest.clone();
+                let task = tokio::spawn(async move {
+                    fetch_into_parts(&client, &scratch, &source, &entry, &files, &|n| {
+                        progress.advance(&bar, n)
+                    })
+                    .await
+                });
+                let outcome = match task.await {
+                    Ok(r) => r.map_err(|e| crate::error_chain(&e)),
+                    Err(e) => Err(format!("download task failed: {e}")),
+                };
+                (digest, outcome)
+            }
+        })
+        .buffer_unordered(jobs)
+        .then(|(digest, outcome)| {
+            // A part is hashed as soon as its last blob is in place.
+            if outcome.is_ok()
+                && let Some(entry) = plan.blobs.iter().find(|b| b.digest == digest)
+            {
+                for piece in &entry.pieces {
+                    let i = piece.part as usize - 1;
+                    if files[i].is_none() {
+                        continue;
+                    }
+                    let mut count = pending[i].lock().expect("count");
+                    *count -= 1;
+                    if *count == 0 {
+                        hashing.push(tokio::spawn(finish_part(
+                            paths.clone(),
+                            piece.part,
+                            state.clone(),
+                        )));
+                    }
+                }
+            }
+            futures::future::ready((digest, outcome))
+        })
+        .collect()
+        .await;
+    for bar in &bars {
+        bar.finish_and_clear();
+    }
+    for r in futures::future::join_all(hashing).await {
+        r.map_err(|e| ArchiveError::Invalid(format!("hash task failed: {e}")))??;
+    }
+
+    let mut failures = HashMap::new();
+    for (digest, outcome) in results {
+        match outcome {
+            Ok(size) => {
+                report.export.blobs_fetched += 1;
+                report.export.bytes_fetched += size;
+            }
+            Err(e) => {
+                failures.insert(digest, e);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        // Parts with holes stay unfinished; a re-run resumes from the state.
+        for image in images {
+            let why = image
+                .blobs
+                .iter()
+                .find_map(|b| failures.get(&b.digest))
+                .cloned()
+                .unwrap_or_else(|| "the archive is incomplete: another image failed".to_string());
+            report.export.failed.push((image.reference.name(), why));
+        }
+        report.export.elapsed = progress.elapsed();
+        progress.finish();
+        return Ok(report);
+    }
+
+    let hashes: Vec<String> = {
+        let state = state.lock().expect("state lock");
+        plan.parts
+            .iter()
+            .map(|p| state.complete.get(&p.number).cloned().unwrap_or_default())
+            .collect()
+    };
+    let mut index = index;
+    for (part, hash) in index.parts.iter_mut().zip(hashes) {
+        part.sha256 = hash;
+    }
+    write_final(paths, &index)?;
+    remove_if_exists(&paths.state())?;
+    remove_stale_parts(paths, plan.parts.len() as u32)?;
+    report.export.exported = images;
+    progress.finish();
+    report.export.elapsed = progress.elapsed();
+    Ok(report)
+}
+
+/// The metadata files and the blobs, in archive order: manifests first (so
+/// part 0001 holds what a reader needs to plan), then configs and layers.
+#[allow(clippy::type_complexity)]
+fn contents(
+    images: &[ResolvedImage],
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Vec<(&'static str, Bytes)>, Vec<BlobInput>), ArchiveError> {
+    let mut index = Index::default();
+    for image in images {
+        index.upsert(index_entry(image, annotations));
+    }
+    let metadata = vec![
+        (
+            "oci-layout",
+            Bytes::from(format!(
+                "{{\"imageLayoutVersion\":\"{}\"}}",
+                crate::layout::LAYOUT_VERSION
+            )),
+        ),
+        ("index.json", Bytes::from(index.to_bytes())),
+        ("manifest.json", Bytes::from(docker_manifest(images))),
+    ];
+
+    let mut blobs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for image in images {
+        for m in &image.manifests {
+            if seen.insert(m.digest.clone()) {
+                blobs.push(BlobInput {
+                    digest: m.digest.clone(),
+                    size: m.body.len() as u64,
+                    media_type: m.media_type.clone(),
+                    inline: Some(m.body.clone()),
+                });
+            }
+        }
+    }
+    for image in images {
+        for b in &image.blobs {
+            if seen.insert(b.digest.clone()) {
+                blobs.push(BlobInput {
+                    digest: b.digest.clone(),
+                    size: b.size,
+                    media_type: b.media_type.clone(),
+                    inline: None,
+                });
+            }
+        }
+    }
+    Ok((metadata, blobs))
+}
+
+/// The `manifest.json` that `docker load` reads: per image, the linux/amd64
+/// manifest of an index (or its first), with paths into `blobs/`.
+fn docker_manifest(images: &[ResolvedImage]) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Entry {
+        config: String,
+        repo_tags: Vec<String>,
+        layers: Vec<String>,
+    }
+    let path = |d: &Digest| format!("blobs/{}/{}", d.algorithm().as_str(), d.hex());
+    let mut entries = Vec::new();
+    for image in images {
+        let candidates: Vec<_> = image
+            .manifests
+            .iter()
+            .filter(|m| m.kind == Kind::Image)
+            .collect();
+        let chosen = match image.root.kind {
+            Kind::Image => Some(&image.root),
+            _ => image
+                .root
+                .manifests
+                .iter()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                })
+                .or(image.root.manifests.first())
+                .and_then(|d| candidates.iter().find(|m| m.digest == d.digest).copied()),
+        };
+        let Some(manifest) = chosen else { continue };
+        let Some((config, layers)) = manifest.blobs.split_first() else {
+            continue;
+        };
+        let repo_tags = image
+            .reference
+            .tag()
+            .map(|_| vec![docker_name(&image.reference)])
+            .unwrap_or_default();
+        entries.push(Entry {
+            config: path(&config.digest),
+            repo_tags,
+            layers: layers.iter().map(|l| path(&l.digest)).collect(),
+        });
+    }
+    let mut out = serde_json::to_vec(&entries).expect("manifest.json serialises");
+    out.push(b'\n');
+    out
+}
+
+/// The short name docker prints: `alpine:3.20` for Docker Hub's library.
+fn docker_name(r: &ImageRef) -> String {
+    let name = r.name();
+    name.strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(&name)
+        .to_string()
+}
+
+/// The index for `plan`, with part hashes where known.
+fn archive_index(
+    paths: &ArchivePaths,
+    plan: &Plan,
+    images: &[ResolvedImage],
+    hashes: &[String],
+) -> ArchiveIndex {
+    ArchiveIndex {
+        format: FORMAT.to_string(),
+        version: VERSION,
+        bundle: plan.bundle.clone(),
+        chunk_size: plan.chunk_size,
+        mtime: plan.mtime,
+        parts: plan
+            .parts
+            .iter()
+            .map(|p| PartEntry {
+                number: p.number,
+                name: paths.part_name(p.number),
+                size: p.size,
+                sha256: hashes
+                    .get(p.number as usize - 1)
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        images: images
+            .iter()
+            .map(|i| {
+                let mut blobs: Vec<Digest> = i.manifests.iter().map(|m| m.digest.clone()).collect();
+                blobs.extend(i.blobs.iter().map(|b| b.digest.clone()));
+                ImageEntry {
+                    name: i.reference.name(),
+                    digest: i.root.digest.clone(),
+                    media_type: i.root.media_type.clone(),
+                    platforms: i.platforms.clone(),
+                    blobs,
+                }
+            })
+            .collect(),
+        blobs: plan.blobs.clone(),
+    }
+}
+
+/// The part hashes when the same bundle is already complete on disk.
+async fn complete_bundle(paths: &ArchivePaths, plan: &Plan) -> Option<Vec<String>> {
+    let bytes = std::fs::read(paths.index()).ok()?;
+    let old: ArchiveIndex = serde_json::from_slice(&bytes).ok()?;
+    if old.bundle != plan.bundle || old.parts.len() != plan.parts.len() {
+        return None;
+    }
+    let mut hashes = Vec::new();
+    for part in &old.parts {
+        let actual = hash_file(paths.part(part.number)).await.ok()?;
+        if actual != part.sha256 {
+            return None;
+        }
+        hashes.push(actual);
+    }
+    Some(hashes)
+}
+
+/// Parts an earlier, interrupted run of the same bundle finished.
+async fn kept_parts(paths: &ArchivePaths, plan: &Plan) -> State {
+    let mut state = State {
+        bundle: plan.bundle.clone(),
+        complete: BTreeMap::new(),
+    };
+    let Some(old) = std::fs::read(paths.state())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+    else {
+        return state;
+    };
+    if old.bundle != plan.bundle {
+        return state;
+    }
+    for (number, sha) in old.complete {
+        let ok = plan.parts.get(number as usize - 1).is_some()
+            && hash_file(paths.part(number)).await.is_ok_and(|h| h == sha);
+        if ok {
+            state.complete.insert(number, sha);
+        }
+    }
+    state
+}
+
+/// Creates every unfinished part at its final size with all headers,
+/// identity and inline content written; complete parts are left alone.
+fn open_parts(
+    paths: &ArchivePaths,
+    plan: &Plan,
+    state: &State,
+) -> Result<Vec<Option<std::fs::File>>, ArchiveError> {
+    let mut files = Vec::new();
+    for part in &plan.parts {
+        if state.complete.contains_key(&part.number) {
+            files.push(None);
+            continue;
+        }
+        let path = paths.part(part.number);
+        let file = std::fs::File::create(&path).map_err(io_err(&path))?;
+        file.set_len(part.size).map_err(io_err(&path))?;
+        for m in &part.members {
+            let h = header(&m.path, m.size, plan.mtime)?;
+            file.write_all_at(&h, m.header_offset)
+                .map_err(io_err(&path))?;
+            let inline = match &m.content {
+                Content::Identity => Some(Bytes::from(plan.identity(part.number))),
+                Content::Inline(b) => Some(b.clone()),
+                Content::Blob { .. } => None,
+            };
+            if let Some(bytes) = inline {
+                file.write_all_at(&bytes, m.header_offset + BLOCK)
+                    .map_err(io_err(&path))?;
+            }
+        }
+        files.push(Some(file));
+    }
+    Ok(files)
+}
+
+/// Per part: how many blobs still have to arrive before it is complete.
+fn pending_counts(plan: &Plan, files: &[Option<std::fs::File>]) -> Vec<Mutex<usize>> {
+    let mut counts = vec![0usize; plan.parts.len()];
+    for part in &plan.parts {
+        if files[part.number as usize - 1].is_none() {
+            continue;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &part.members {
+            if let Content::Blob { digest, .. } = &m.content
+                && seen.insert(digest.clone())
+            {
+                counts[part.number as usize - 1] += 1;
+            }
+        }
+    }
+    counts.into_iter().map(Mutex::new).collect()
+}
+
+fn first_content<'a>(plan: &'a Plan, digest: &Digest) -> Option<&'a Content> {
+    plan.parts
+        .iter()
+        .flat_map(|p| p.members.iter())
+        .find(|m| match &m.content {
+            Content::Blob { digest: d, .. } => d == digest,
+            Content::Inline(_) => m.path.ends_with(digest.hex()),
+            Content::Identity => false,
+        })
+        .map(|m| &m.content)
+}
+
+/// Downloads one blob into its pieces; returns its size.
+async fn fetch_into_parts(
+    client: &Client,
+    scratch: &Layout,
+    source: &ImageRef,
+    entry: &super::BlobEntry,
+    files: &Arc<Vec<Option<std::fs::File>>>,
+    advance: &(dyn Fn(u64) + Sync),
+) -> Result<u64, ArchiveError> {
+    let mut writer = PieceWriter {
+        entry: entry.clone(),
+        files: files.clone(),
+        buffer: Vec::with_capacity(WRITE_BUFFER),
+        offset: 0,
+    };
+    if scratch.has_blob(&entry.digest, entry.size) {
+        // Read while checking a platform; verified again as it is copied.
+        let bytes = scratch
+            .read_small_blob(&entry.digest, Some(entry.size))
+            .map_err(|e| ArchiveError::Invalid(crate::error_chain(&e)))?;
+        writer.push(&bytes).await?;
+        writer.flush().await?;
+        return Ok(entry.size);
+    }
+    // The reader verifies digest and size before it reports the end; the
+    // part is hashed and recorded only after every blob in it did.
+    let mut reader = client.blob_reader(source, &entry.digest, entry.size);
+    while let Some(chunk) = reader
+        .next_chunk()
+        .await
+        .map_err(|e| ArchiveError::Invalid(crate::error_chain(&e)))?
+    {
+        writer.push(&chunk).await?;
+        advance(chunk.len() as u64);
+    }
+    writer.flush().await?;
+    Ok(entry.size)
+}
+
+/// Writes a blob's bytes, in order, into its pieces in the part files.
+struct PieceWriter {
+    entry: super::BlobEntry,
+    files: Arc<Vec<Option<std::fs::File>>>,
+    buffer: Vec<u8>,
+    /// Blob offset of `buffer[0]`.
+    offset: u64,
+}
+
+impl PieceWriter {
+    async fn push(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ArchiveError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
+        let start = self.offset;
+        self.offset += buffer.len() as u64;
+        let pieces = self.entry.pieces.clone();
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut blob_pos = 0u64;
+            for piece in pieces {
+                let (lo, hi) = (blob_pos, blob_pos + piece.length);
+                blob_pos = hi;
+                let end = start + buffer.len() as u64;
+                if hi <= start || lo >= end {
+                    continue;
+                }
+                let Some(file) = &files[piece.part as usize - 1] else {
+                    continue;
+                };
+                let from = start.max(lo);
+                let to = end.min(hi);
+                let slice = &buffer[(from - start) as usize..(to - start) as usize];
+                file.write_all_at(slice, piece.offset + (from - lo))?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| ArchiveError::Invalid(format!("write task failed: {e}")))?
+        .map_err(|source| ArchiveError::Io {
+            path: PathBuf::from(format!("part of blob {}", self.entry.digest)),
+            source,
+        })
+    }
+}
+
+/// Syncs and hashes a complete part, and records it for a re-run.
+async fn finish_part(
+    paths: ArchivePaths,
+    number: u32,
+    state: Arc<Mutex<State>>,
+) -> Result<(), ArchiveError> {
+    let path = paths.part(number);
+    let sha = hash_file(path.clone()).await.map_err(io_err(&path))?;
+    let mut s = state.lock().expect("state lock");
+    s.complete.insert(number, sha);
+    save_state(&paths, &s)?;
+    tracing::debug!("part {} complete", part_label(number));
+    Ok(())
+}
+
+/// Flushes a file to disk and returns its sha256, reading it once.
+async fn hash_file(path: PathBuf) -> std::io::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        file.sync_all()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn save_state(paths: &ArchivePaths, state: &State) -> Result<(), ArchiveError> {
+    let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+    write_atomic(&paths.state(), &bytes)
+}
+
+/// Writes the index and the `sha256sum -c` file, atomically.
+fn write_final(paths: &ArchivePaths, index: &ArchiveIndex) -> Result<(), ArchiveError> {
+    let index_bytes = index.to_bytes();
+    let mut sums = String::new();
+    for part in &index.parts {
+        sums.push_str(&format!("{}  {}\n", part.sha256, part.name));
+    }
+    sums.push_str(&format!(
+        "{}  {}.index.json\n",
+        hex::encode(Sha256::digest(&index_bytes)),
+        paths.name()
+    ));
+    write_atomic(&paths.index(), &index_bytes)?;
+    write_atomic(&paths.checksums(), sums.as_bytes())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    temp.write_all(bytes).map_err(io_err(path))?;
+    temp.as_file().sync_all().map_err(io_err(path))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(path))?;
+    }
+    temp.persist(path).map_err(|e| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Removes parts numbered past the end, left by an earlier, larger bundle.
+fn remove_stale_parts(paths: &ArchivePaths, count: u32) -> Result<(), ArchiveError> {
+    let mut n = count + 1;
+    while paths.part(n).exists() {
+        remove_if_exists(&paths.part(n))?;
+        n += 1;
+    }
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), ArchiveError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ArchiveError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Member mtimes: `SOURCE_DATE_EPOCH` when set, else 0, so that parts are
+/// reproducible by default.
+fn source_date_epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
