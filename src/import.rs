@@ -10,15 +10,14 @@
 //! with HEAD requests and sends only what is missing.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 
+use crate::bundle::{Bundle, BundleError};
 use crate::digest::Digest;
-use crate::layout::{Layout, LayoutError, ref_name};
+use crate::layout::ref_name;
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::progress::{Progress, human_bytes, rate};
 use crate::reference::{ImageRef, Target};
@@ -31,7 +30,7 @@ const MAX_DEPTH: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Bundle(#[from] BundleError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
@@ -113,14 +112,14 @@ impl ImportReport {
 
 /// Reads the bundle's images and where each goes.
 pub fn plan(
-    layout: &Layout,
+    bundle: &Bundle,
     options: &ImportOptions,
-) -> Result<(Vec<PlannedImage>, Vec<Failure>), LayoutError> {
-    let index = layout.read_index()?;
+) -> Result<(Vec<PlannedImage>, Vec<Failure>), BundleError> {
+    let entries = bundle.entries()?;
     let mut planned = Vec::new();
     let mut failed = Vec::new();
     let mut names = HashSet::new();
-    for entry in &index.manifests {
+    for entry in &entries {
         let Some(name) = ref_name(entry) else {
             tracing::warn!(
                 "index.json entry {} has no {} annotation; skipped",
@@ -135,7 +134,7 @@ pub fn plan(
         if !names.insert(name.to_string()) {
             continue;
         }
-        match plan_image(layout, entry, name, &options.target) {
+        match plan_image(bundle, entry, name, &options.target) {
             Ok(p) => planned.push(p),
             Err(e) => failed.push((name.to_string(), crate::error_chain(&e))),
         }
@@ -166,7 +165,7 @@ fn matches_filter(name: &str, filters: &[String]) -> bool {
 }
 
 fn plan_image(
-    layout: &Layout,
+    bundle: &Bundle,
     entry: &Descriptor,
     name: &str,
     target: &Target,
@@ -177,7 +176,7 @@ fn plan_image(
     let mut seen = HashSet::new();
     let mut ancestors = Vec::new();
     collect(
-        layout,
+        bundle,
         entry,
         0,
         &mut ancestors,
@@ -185,28 +184,9 @@ fn plan_image(
         &mut blobs,
         &mut seen,
     )?;
-    // Refuse before pushing anything: every blob file present, right size.
+    // Refuse before pushing anything: every blob present, right size.
     for blob in &blobs {
-        let path = layout.blob_path(&blob.digest);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() == blob.size => {}
-            Ok(m) => {
-                return Err(ImportError::Invalid(format!(
-                    "blob {} ({}): expected {} bytes, found {}",
-                    blob.digest,
-                    path.display(),
-                    blob.size,
-                    m.len()
-                )));
-            }
-            Err(_) => {
-                return Err(LayoutError::MissingBlob {
-                    digest: blob.digest.clone(),
-                    path,
-                }
-                .into());
-            }
-        }
+        bundle.check_blob(&blob.digest, blob.size)?;
     }
     Ok(PlannedImage {
         name: name.to_string(),
@@ -246,7 +226,7 @@ fn target_for(name: &str, entry: &Descriptor, target: &Target) -> Result<ImageRe
 
 /// Reads a manifest from the bundle and, for an index, its children first.
 fn collect(
-    layout: &Layout,
+    bundle: &Bundle,
     entry: &Descriptor,
     depth: usize,
     ancestors: &mut Vec<Digest>,
@@ -275,13 +255,13 @@ fn collect(
             entry.digest, entry.media_type
         )));
     }
-    let body = layout.read_small_blob(&entry.digest, Some(entry.size))?;
+    let body = bundle.read_manifest(&entry.digest, entry.size)?;
     let manifest = Manifest::parse(entry.digest.clone(), body, Some(&entry.media_type))?;
     match manifest.kind {
         Kind::Index => {
             ancestors.push(manifest.digest.clone());
             for child in &manifest.manifests {
-                collect(layout, child, depth + 1, ancestors, manifests, blobs, seen)?;
+                collect(bundle, child, depth + 1, ancestors, manifests, blobs, seen)?;
             }
             ancestors.pop();
         }
@@ -308,7 +288,8 @@ fn collect(
 struct BlobTask {
     target: ImageRef,
     blob: Descriptor,
-    path: PathBuf,
+    /// Where the bytes are, for messages.
+    location: String,
     /// The image whose bar counts the bytes.
     image: usize,
 }
@@ -322,9 +303,9 @@ enum Outcome {
 }
 
 /// Imports the planned images into the target registry.
-pub async fn import_layout(
+pub async fn import_bundle(
     client: &Client,
-    layout: &Layout,
+    bundle: &Arc<Bundle>,
     images: Vec<PlannedImage>,
     options: &ImportOptions,
     progress: &Progress,
@@ -350,7 +331,7 @@ pub async fn import_layout(
             let task = BlobTask {
                 target: image.target.clone(),
                 blob: blob.clone(),
-                path: layout.blob_path(&blob.digest),
+                location: bundle.location(&blob.digest),
                 image: i,
             };
             if home.contains_key(&blob.digest) {
@@ -381,6 +362,7 @@ pub async fn import_layout(
         let results: Vec<(BlobTask, Result<Outcome, RegistryError>)> = futures::stream::iter(tasks)
             .map(|task| {
                 let client = client.clone();
+                let bundle = bundle.clone();
                 let from = (phase == 1)
                     .then(|| home.get(&task.blob.digest).cloned())
                     .flatten();
@@ -391,7 +373,7 @@ pub async fn import_layout(
                     let t = task.clone();
                     let outcome = tokio::spawn(async move {
                         let meter = Arc::new(move |n| progress.advance(&bar, n));
-                        place_blob(&client, &t, from.as_deref(), dry_run, meter).await
+                        place_blob(&client, bundle, &t, from.as_deref(), dry_run, meter).await
                     })
                     .await
                     .unwrap_or_else(|e| {
@@ -474,6 +456,7 @@ pub async fn import_layout(
 /// Makes one blob present in one repository.
 async fn place_blob(
     client: &Client,
+    bundle: Arc<Bundle>,
     task: &BlobTask,
     from: Option<&str>,
     dry_run: bool,
@@ -490,37 +473,32 @@ async fn place_blob(
             Outcome::WouldUpload(task.blob.size)
         });
     }
-    let path = task.path.clone();
+    let digest_owned = digest.clone();
     let open = move || {
         let meter = meter.clone();
-        file_stream(path.clone()).inspect_ok(move |chunk| meter(chunk.len() as u64))
+        bundle
+            .blob_stream(&digest_owned)
+            .inspect_ok(move |chunk| meter(chunk.len() as u64))
     };
     let pushed = client
         .push_blob(&task.target, digest, task.blob.size, from, open)
         .await
-        .map_err(|e| with_file(e, &task.path))?;
+        .map_err(|e| with_location(e, &task.location))?;
     Ok(match pushed {
         Pushed::Mounted => Outcome::Mounted,
         Pushed::Uploaded => Outcome::Uploaded(task.blob.size),
     })
 }
 
-/// Names the bundle file when its content failed verification.
-fn with_file(e: RegistryError, path: &std::path::Path) -> RegistryError {
+/// Names where in the bundle the bytes were when they failed verification.
+fn with_location(e: RegistryError, location: &str) -> RegistryError {
     match e {
         RegistryError::Verify { what, source } => RegistryError::Verify {
-            what: format!("{what} (file {})", path.display()),
+            what: format!("{what} ({location})"),
             source,
         },
         other => other,
     }
-}
-
-/// A blob file as a stream of large chunks.
-fn file_stream(path: PathBuf) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures::stream::once(async move { tokio::fs::File::open(path).await })
-        .map_ok(|file| tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))
-        .try_flatten()
 }
 
 /// Pushes an image's manifests: children by digest, the root by tag (or by

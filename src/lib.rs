@@ -19,6 +19,7 @@
 //! bundle or reported as pushed before its digest and size were checked.
 
 pub mod archive;
+pub mod bundle;
 pub mod cli;
 pub mod digest;
 pub mod export;

@@ -2,19 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::{ConnectArgs, report_failures, usage};
-use crate::import::{ImportOptions, import_layout, plan};
-use crate::layout::Layout;
+use crate::bundle::Bundle;
+use crate::import::{ImportOptions, import_bundle, plan};
 use crate::progress::{Progress, Verbosity};
 use crate::reference::Target;
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The bundle: an OCI image-layout directory.
+    /// The bundle: a layout directory, or an archive's index, NAME or a part.
     #[arg(value_name = "BUNDLE")]
     bundle: PathBuf,
     /// The registry, and optionally a repository prefix, to push to.
@@ -32,8 +33,19 @@ pub struct ImportArgs {
 
 pub async fn run(args: ImportArgs, verbosity: Verbosity) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.to).map_err(|e| usage(crate::error_chain(&e)))?;
-    let layout = Layout::open(&args.bundle)
-        .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
+    let bundle = Arc::new(
+        Bundle::open(&args.bundle)
+            .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?,
+    );
+    if let Bundle::Archive { archive, bad_parts } = bundle.as_ref() {
+        for (number, problem) in bad_parts {
+            eprintln!(
+                "warning: part {} ({}): {problem}",
+                crate::archive::part_label(*number),
+                archive.paths.part(*number).display()
+            );
+        }
+    }
     let client = args.connect.client()?;
     let options = ImportOptions {
         target,
@@ -42,9 +54,9 @@ pub async fn run(args: ImportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
         jobs: args.connect.jobs(),
     };
 
-    let (planned, mut failed) = plan(&layout, &options)?;
+    let (planned, mut failed) = plan(&bundle, &options)?;
     if planned.is_empty() && failed.is_empty() {
-        anyhow::bail!("bundle {} names no images", args.bundle.display());
+        anyhow::bail!("bundle {} names no images", bundle.describe());
     }
     let total = planned.len() + failed.len();
     if args.dry_run && verbosity != Verbosity::Quiet {
@@ -53,7 +65,7 @@ pub async fn run(args: ImportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
         }
     }
     let progress = Progress::new(verbosity, "total");
-    let mut report = import_layout(&client, &layout, planned, &options, &progress).await;
+    let mut report = import_bundle(&client, &bundle, planned, &options, &progress).await;
     failed.append(&mut report.failed);
     if verbosity != Verbosity::Quiet {
         eprintln!("{}", report.summary());
