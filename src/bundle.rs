@@ -48,6 +48,12 @@ impl Bundle {
     /// presence, size and identity first.
     pub fn open(path: &Path) -> Result<Bundle, BundleError> {
         if path.is_dir() {
+            // A directory holding one archive names that archive.
+            if !path.join("oci-layout").exists()
+                && let Some(index) = single_archive_index(path)
+            {
+                return Bundle::open(&index);
+            }
             return Ok(Bundle::Layout(Layout::open(path)?));
         }
         let paths = ArchivePaths::find(path).ok_or_else(|| BundleError::NotFound(path.into()))?;
@@ -180,4 +186,15 @@ impl Bundle {
             },
         }
     }
+}
+
+/// The one `*.index.json` in a directory, if there is exactly one.
+fn single_archive_index(dir: &Path) -> Option<PathBuf> {
+    let mut found = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".index.json"));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }

@@ -24,12 +24,14 @@ pub mod cli;
 pub mod digest;
 pub mod export;
 pub mod import;
+pub mod inspect;
 pub mod layout;
 pub mod manifest;
 pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod verify;
 
 /// An error and its causes on one line, `outer: inner: innermost`, for
 /// reports that collect many failures as text.

@@ -2,6 +2,8 @@
 
 mod export;
 mod import;
+mod inspect;
+mod verify;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -35,6 +37,10 @@ enum Command {
     Export(export::ExportArgs),
     /// Push the images of a bundle to a registry.
     Import(import::ImportArgs),
+    /// Check every part and blob of a bundle, offline.
+    Verify(verify::VerifyArgs),
+    /// Show the images, platforms, sizes and parts of a bundle.
+    Inspect(inspect::InspectArgs),
 }
 
 /// How to reach registries; shared by export and import.
@@ -152,6 +158,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Export(args) => export::run(args, verbosity).await,
         Command::Import(args) => import::run(args, verbosity).await,
+        Command::Verify(args) => verify::run(args, verbosity).await,
+        Command::Inspect(args) => inspect::run(args, verbosity).await,
     }
 }
 

@@ -1,0 +1,222 @@
+//! What a bundle holds, for people (`inspect`) and scripts (`--json`).
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::layout::ref_name;
+use crate::manifest::{Kind, Manifest};
+use crate::progress::human_bytes;
+
+/// A bundle, described.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    /// `layout` or `archive`.
+    pub kind: &'static str,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    pub images: Vec<ImageInfo>,
+    pub parts: Vec<PartInfo>,
+    /// Distinct blobs, manifests included.
+    pub blobs: usize,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub name: String,
+    pub digest: String,
+    pub media_type: String,
+    pub platforms: Vec<String>,
+    /// Bytes of every blob the image needs, manifests included.
+    pub size: u64,
+    pub blobs: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartInfo {
+    pub number: u32,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Describes a bundle from its index (and, for layouts, its manifests).
+pub fn inspect(bundle: &Bundle) -> Inspection {
+    match bundle {
+        Bundle::Archive { archive, .. } => {
+            let index = &archive.index;
+            let size_of = |d: &crate::digest::Digest| archive.blob(d).map_or(0, |b| b.size);
+            Inspection {
+                kind: "archive",
+                path: bundle.describe(),
+                bundle: Some(index.bundle.clone()),
+                chunk_size: Some(index.chunk_size),
+                images: index
+                    .images
+                    .iter()
+                    .map(|i| ImageInfo {
+                        name: i.name.clone(),
+                        digest: i.digest.to_string(),
+                        media_type: i.media_type.clone(),
+                        platforms: i.platforms.iter().map(|p| p.to_string()).collect(),
+                        size: i.blobs.iter().map(size_of).sum(),
+                        blobs: i.blobs.len(),
+                    })
+                    .collect(),
+                parts: index
+                    .parts
+                    .iter()
+                    .map(|p| PartInfo {
+                        number: p.number,
+                        name: p.name.clone(),
+                        size: p.size,
+                        sha256: p.sha256.clone(),
+                    })
+                    .collect(),
+                blobs: index.blobs.len(),
+                bytes: index.blobs.iter().map(|b| b.size).sum(),
+            }
+        }
+        Bundle::Layout(_) => inspect_layout(bundle),
+    }
+}
+
+fn inspect_layout(bundle: &Bundle) -> Inspection {
+    let mut all = HashSet::new();
+    let mut bytes = 0u64;
+    let mut images = Vec::new();
+    for entry in bundle.entries().unwrap_or_default() {
+        let mut mine = HashSet::new();
+        let mut size = 0u64;
+        let mut platforms = Vec::new();
+        let mut stack = vec![(entry.clone(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            if !mine.insert(d.digest.clone()) {
+                continue;
+            }
+            size += d.size;
+            if all.insert(d.digest.clone()) {
+                bytes += d.size;
+            }
+            if let Some(p) = &d.platform
+                && depth == 1
+            {
+                platforms.push(p.to_string());
+            }
+            if !Manifest::is_manifest_type(&d.media_type) || depth > 8 {
+                continue;
+            }
+            let Ok(body) = bundle.read_manifest(&d.digest, d.size) else {
+                continue;
+            };
+            let Ok(m) = Manifest::parse(d.digest.clone(), body, Some(&d.media_type)) else {
+                continue;
+            };
+            let children = if m.kind == Kind::Index {
+                m.manifests
+            } else {
+                m.blobs
+            };
+            stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+        }
+        if platforms.is_empty()
+            && let Some(p) = &entry.platform
+        {
+            platforms.push(p.to_string());
+        }
+        platforms.sort();
+        images.push(ImageInfo {
+            name: ref_name(&entry).unwrap_or("(unnamed)").to_string(),
+            digest: entry.digest.to_string(),
+            media_type: entry.media_type.clone(),
+            platforms,
+            size,
+            blobs: mine.len(),
+        });
+    }
+    Inspection {
+        kind: "layout",
+        path: bundle.describe(),
+        bundle: None,
+        chunk_size: None,
+        images,
+        parts: Vec::new(),
+        blobs: all.len(),
+        bytes,
+    }
+}
+
+impl Inspection {
+    /// The table a person reads.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        match (&self.bundle, self.chunk_size) {
+            (Some(id), Some(chunk)) => out.push_str(&format!(
+                "archive {} (bundle {}, {} part{}, each at most {})\n",
+                self.path,
+                &id[..12.min(id.len())],
+                self.parts.len(),
+                if self.parts.len() == 1 { "" } else { "s" },
+                if chunk == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    human_bytes(chunk)
+                }
+            )),
+            _ => out.push_str(&format!("layout {}\n", self.path)),
+        }
+        let width = self
+            .images
+            .iter()
+            .map(|i| i.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        out.push_str(&format!(
+            "{:<width$}  {:<19}  {:>10}  PLATFORMS\n",
+            "IMAGE", "DIGEST", "SIZE"
+        ));
+        for i in &self.images {
+            let short = i.digest.get(..19).unwrap_or(&i.digest);
+            let platforms = if i.platforms.is_empty() {
+                "-".to_string()
+            } else {
+                i.platforms.join(", ")
+            };
+            out.push_str(&format!(
+                "{:<width$}  {short:<19}  {:>10}  {platforms}\n",
+                i.name,
+                human_bytes(i.size)
+            ));
+        }
+        if !self.parts.is_empty() {
+            out.push_str("PART  FILE  SIZE  SHA256\n");
+            for p in &self.parts {
+                out.push_str(&format!(
+                    "{:04}  {}  {}  {}\n",
+                    p.number,
+                    p.name,
+                    human_bytes(p.size),
+                    p.sha256.get(..12).unwrap_or("")
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "{} image{}, {} blobs, {}\n",
+            self.images.len(),
+            if self.images.len() == 1 { "" } else { "s" },
+            self.blobs,
+            human_bytes(self.bytes)
+        ));
+        out
+    }
+}
