@@ -1,6 +1,7 @@
 //! airlock's integration tests, in one binary so the harness and the
 //! dependency graph are compiled once.
 
+mod archive;
 mod export;
 mod harness;
 mod import;

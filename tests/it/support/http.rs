@@ -195,6 +195,19 @@ pub fn delete_manifest(reg: &Registry, repo: &str, digest: &str) -> bool {
     }
 }
 
+/// Unlinks a blob from a repository, so that GETs of it answer 404 (to
+/// make a run fail at a chosen blob). Returns false if it was not there.
+pub fn delete_blob(reg: &Registry, repo: &str, digest: &str) -> bool {
+    let what = format!("delete blob {repo}@{digest}");
+    let url = format!("{}/v2/{repo}/blobs/{digest}", reg.url());
+    let resp = send(reg, client().delete(&url), &what);
+    match resp.status() {
+        StatusCode::ACCEPTED => true,
+        StatusCode::NOT_FOUND => false,
+        other => panic!("{what}: unexpected status {other}"),
+    }
+}
+
 /// Whether `HEAD /v2/<repo>/blobs/<digest>` finds the blob.
 pub fn blob_exists(reg: &Registry, repo: &str, digest: &str) -> bool {
     let what = format!("head blob {repo}@{digest}");

@@ -19,8 +19,9 @@ pub use super::push::*;
 
 #[allow(unused_imports)]
 pub use super::http::{
-    ACCEPT_ALL_MANIFESTS, FetchedManifest, blob_exists, catalog, delete_manifest, get_blob,
-    get_manifest, get_manifest_accepting, list_tags, push_blob, push_manifest, try_get_manifest,
+    ACCEPT_ALL_MANIFESTS, FetchedManifest, blob_exists, catalog, delete_blob, delete_manifest,
+    get_blob, get_manifest, get_manifest_accepting, list_tags, push_blob, push_manifest,
+    try_get_manifest,
 };
 
 /// OCI image manifest media type.
