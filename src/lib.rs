@@ -32,6 +32,7 @@ pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod schema1;
 pub mod verify;
 
 /// An error and its causes on one line, `outer: inner: innermost`, for
