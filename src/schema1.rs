@@ -17,17 +17,18 @@
 mod config;
 mod gojson;
 mod gotype;
+mod parse;
 mod payload;
 
+pub use parse::parse;
 pub use payload::payload_digest;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::diffid::Compression;
 use crate::digest::{Digest, DigestError};
 use crate::manifest::{DOCKER_MANIFEST, Descriptor, OCI_MANIFEST};
-use gojson::{Kind, Node};
-use gotype::{Field, Ty, Val};
+use gotype::Val;
 
 /// The annotation on a converted OCI manifest naming the schema1 manifest
 /// it came from.
@@ -182,192 +183,6 @@ pub struct LayerRef {
     pub index: usize,
 }
 
-/// The manifest's top level as Go's `json.Unmarshal` reads it into
-/// containers/image's `Schema1` struct.
-static MANIFEST: [Field; 6] = [
-    field("name", Ty::Str),
-    field("tag", Ty::Str),
-    field("architecture", Ty::Str),
-    field(
-        "fsLayers",
-        Ty::List(&Ty::Struct(&[field("blobSum", Ty::Str)])),
-    ),
-    field(
-        "history",
-        Ty::List(&Ty::Struct(&[field("v1Compatibility", Ty::Str)])),
-    ),
-    field("schemaVersion", Ty::Int),
-];
-
-const fn field(name: &'static str, ty: Ty) -> Field {
-    Field {
-        name,
-        ty,
-        omitempty: false,
-    }
-}
-
-pub(crate) fn parse_json(body: &[u8]) -> Result<Node<'_>, Schema1Error> {
-    let text = std::str::from_utf8(body).map_err(|e| Schema1Error::Json(e.to_string()))?;
-    gojson::parse(text).map_err(Schema1Error::Json)
-}
-
-/// The last member named exactly `key`, as a Go map lookup finds it.
-pub(crate) fn member<'n, 'a>(node: &'n Node<'a>, key: &str) -> Option<&'n Node<'a>> {
-    match &node.kind {
-        Kind::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-        _ => None,
-    }
-}
-
-/// Parses and validates a schema1 manifest (signed or not) as skopeo does.
-pub fn parse(body: &[u8]) -> Result<Schema1, Schema1Error> {
-    let node = parse_json(body)?;
-    let ty = Ty::Struct(&MANIFEST);
-    let mut val = ty.zero();
-    ty.decode(&node, &mut val).map_err(Schema1Error::Json)?;
-    let Val::Struct(top) = val else {
-        unreachable!("a struct type decodes into a struct value")
-    };
-    if let Val::Int(v) = top[5]
-        && v != 1
-    {
-        return Err(Schema1Error::Version(v));
-    }
-    check_unambiguous(&node)?;
-
-    let fs_layers = list_of_strings(&top[3]);
-    let history = list_of_strings(&top[4]);
-    if fs_layers.len() != history.len() {
-        return Err(Schema1Error::LengthMismatch {
-            fs_layers: fs_layers.len(),
-            history: history.len(),
-        });
-    }
-    if fs_layers.is_empty() {
-        return Err(Schema1Error::NoLayers);
-    }
-
-    let mut entries = Vec::with_capacity(history.len());
-    for (index, (blob_sum, v1)) in fs_layers.into_iter().zip(history).enumerate() {
-        let invalid = |reason: String| Schema1Error::Compat { index, reason };
-        let compat = config::decode_compat(&v1).map_err(invalid)?;
-        let value = serde_json::from_str(&v1).map_err(|e| invalid(e.to_string()))?;
-        let blob_sum = blob_sum.parse().map_err(|source| Schema1Error::BlobSum {
-            index,
-            value: blob_sum.clone(),
-            source,
-        })?;
-        let id = gotype::str_at(&compat, config::COMPAT_ID).to_string();
-        let parent = gotype::str_at(&compat, config::COMPAT_PARENT).to_string();
-        entries.push(Entry {
-            blob_sum,
-            v1_compatibility: v1,
-            value,
-            id,
-            parent: (!parent.is_empty()).then_some(parent),
-            throwaway: compat[config::COMPAT_THROWAWAY] == Val::Bool(true),
-            manifest_index: index,
-            compat,
-        });
-    }
-
-    fix_layers(&mut entries)?;
-    Ok(Schema1 {
-        name: gotype::str_at(&top, 0).to_string(),
-        tag: gotype::str_at(&top, 1).to_string(),
-        architecture: gotype::str_at(&top, 2).to_string(),
-        entries,
-    })
-}
-
-fn list_of_strings(val: &Val) -> Vec<String> {
-    let Val::List(Some(items)) = val else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|item| match item {
-            Val::Struct(fields) => gotype::str_at(fields, 0).to_string(),
-            _ => String::new(),
-        })
-        .collect()
-}
-
-/// containers/image refuses a manifest that also carries another format's
-/// essential fields (matched case-insensitively, ignoring nulls).
-fn check_unambiguous(node: &Node<'_>) -> Result<(), Schema1Error> {
-    let Kind::Object(members) = &node.kind else {
-        return Ok(());
-    };
-    for name in ["config", "layers", "manifests"] {
-        let present = members
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name || gotype::fold_eq(name, k))
-            .is_some_and(|(_, v)| !v.is_null());
-        if present {
-            return Err(Schema1Error::Ambiguous(name));
-        }
-    }
-    Ok(())
-}
-
-/// skopeo's `fixManifestLayers`: checks the id chain and drops the upper of
-/// two consecutive entries with the same id.
-fn fix_layers(entries: &mut Vec<Entry>) -> Result<(), Schema1Error> {
-    for (index, e) in entries.iter().enumerate() {
-        let hex = e.id.len() == 64 && e.id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !hex {
-            return Err(Schema1Error::BadId {
-                index,
-                id: e.id.clone(),
-            });
-        }
-    }
-    let base = entries.last().expect("the caller checked for no entries");
-    if let Some(parent) = &base.parent {
-        return Err(Schema1Error::BaseHasParent {
-            index: entries.len() - 1,
-            id: base.id.clone(),
-            parent: parent.clone(),
-        });
-    }
-
-    // A repeat that is not adjacent would make the chain a loop.
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut last = "";
-    for (index, e) in entries.iter().enumerate() {
-        if let Some(&first) = seen.get(e.id.as_str())
-            && e.id != last
-        {
-            return Err(Schema1Error::DuplicateId {
-                id: e.id.clone(),
-                first,
-                again: index,
-            });
-        }
-        seen.entry(&e.id).or_insert(index);
-        last = &e.id;
-    }
-
-    // From the base up, as skopeo walks, so the first broken link reported
-    // is the lowest one; a removal shifts only the entries above.
-    for i in (0..entries.len() - 1).rev() {
-        if entries[i].id == entries[i + 1].id {
-            entries.remove(i);
-        } else if entries[i].parent.as_deref().unwrap_or("") != entries[i + 1].id {
-            return Err(Schema1Error::BrokenChain {
-                index: entries[i].manifest_index,
-                id: entries[i].id.clone(),
-                parent: entries[i].parent.clone().unwrap_or_default(),
-                below: entries[i + 1].id.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
 impl Schema1 {
     /// The layers of the converted image, base first: every entry that is
     /// not throwaway. Two entries may name the same blob (a Dockerfile step
@@ -513,4 +328,237 @@ fn write_docker_descriptor(out: &mut String, d: &Descriptor) {
     out.push_str(&format!(r#","size":{},"digest":"#, d.size));
     gojson::write_str(out, &d.digest.to_string());
     out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffid::DiffIdHasher;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!("../tests/data/schema1/", $name)).as_slice()
+        };
+    }
+
+    /// The layer blobs the fixture manifests name, by digest.
+    fn blob(digest: &Digest) -> &'static [u8] {
+        match digest.hex() {
+            "67ed875f07785cf4c36d4b3592450df0c46ee7669583e32768f737081521647e" => fixture!(
+                "layer-67ed875f07785cf4c36d4b3592450df0c46ee7669583e32768f737081521647e.tar.gz"
+            ),
+            "9601123cab9be1bcd67595be2993e496662a0f56561b6787293e043c008d5ce4" => fixture!(
+                "layer-9601123cab9be1bcd67595be2993e496662a0f56561b6787293e043c008d5ce4.tar.gz"
+            ),
+            "b634210e4625d09d4f128c24fb5925943df1ec41807d259f563b1490b2d3fb0d" => fixture!(
+                "layer-b634210e4625d09d4f128c24fb5925943df1ec41807d259f563b1490b2d3fb0d.tar.gz"
+            ),
+            other => panic!("no fixture blob {other}"),
+        }
+    }
+
+    /// Converts `body` as an airlock export would: diff IDs streamed from
+    /// the blobs, then config and manifest. Returns (config, manifest).
+    fn convert(body: &[u8], format: TargetFormat) -> (Vec<u8>, Vec<u8>) {
+        let image = parse(body).unwrap();
+        let mut diff_ids = Vec::new();
+        let mut descriptors = Vec::new();
+        for layer in image.layers() {
+            let bytes = blob(&layer.digest);
+            let mut hasher = DiffIdHasher::new();
+            for chunk in bytes.chunks(7) {
+                hasher.update(chunk).unwrap();
+            }
+            let (diff_id, compression) = hasher.finish().unwrap();
+            diff_ids.push(diff_id);
+            descriptors.push(descriptor(
+                layer_media_type(format, compression),
+                &layer.digest,
+                bytes.len(),
+            ));
+        }
+        let config = image.config_for(format, &diff_ids).unwrap();
+        assert_eq!(config, image.config_for(format, &diff_ids).unwrap());
+        let config_desc = descriptor(
+            format.config_media_type(),
+            &Digest::sha256_of(&config),
+            config.len(),
+        );
+        let source = payload_digest(body).unwrap();
+        let manifest = image.manifest(format, &config_desc, &descriptors, &source);
+        (config, manifest)
+    }
+
+    fn descriptor(media_type: &str, digest: &Digest, size: usize) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: digest.clone(),
+            size: size as u64,
+            platform: None,
+            artifact_type: None,
+            annotations: None,
+        }
+    }
+
+    fn text(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes).unwrap()
+    }
+
+    /// skopeo's OCI manifest with airlock's source annotation added.
+    fn with_source(skopeo: &[u8], source: &[u8]) -> String {
+        let skopeo = text(skopeo);
+        let digest = payload_digest(source).unwrap();
+        format!(
+            r#"{},"annotations":{{"{SOURCE_DIGEST_ANNOTATION}":"{digest}"}}}}"#,
+            &skopeo[..skopeo.len() - 1]
+        )
+    }
+
+    #[test]
+    fn converts_registry_manifest_to_skopeos_docker_bytes() {
+        let (config, manifest) = convert(fixture!("registry-get1.json"), TargetFormat::Docker);
+        assert_eq!(
+            text(&config),
+            text(fixture!("registry.skopeo-docker-config.json"))
+        );
+        assert_eq!(
+            text(&manifest),
+            text(fixture!("registry.skopeo-docker-manifest.json"))
+        );
+    }
+
+    #[test]
+    fn converts_registry_manifest_to_skopeos_oci_bytes() {
+        let body = fixture!("registry-get2.json");
+        let (config, manifest) = convert(body, TargetFormat::Oci);
+        assert_eq!(
+            text(&config),
+            text(fixture!("registry.skopeo-oci-config.json"))
+        );
+        assert_eq!(
+            text(&manifest),
+            with_source(fixture!("registry.skopeo-oci-manifest.json"), body)
+        );
+    }
+
+    #[test]
+    fn converts_crafted_edge_cases_as_skopeo_does() {
+        let body = fixture!("edge.json");
+        let (config, manifest) = convert(body, TargetFormat::Docker);
+        assert_eq!(
+            text(&config),
+            text(fixture!("edge.skopeo-docker-config.json"))
+        );
+        assert_eq!(
+            text(&manifest),
+            text(fixture!("edge.skopeo-docker-manifest.json"))
+        );
+        let (config, manifest) = convert(body, TargetFormat::Oci);
+        assert_eq!(text(&config), text(fixture!("edge.skopeo-oci-config.json")));
+        assert_eq!(
+            text(&manifest),
+            with_source(fixture!("edge.skopeo-oci-manifest.json"), body)
+        );
+    }
+
+    #[test]
+    fn converts_docker_before_1_8_3_through_the_v1_struct() {
+        let body = fixture!("old-docker.json");
+        let (config, _) = convert(body, TargetFormat::Docker);
+        assert_eq!(
+            text(&config),
+            text(fixture!("old-docker.skopeo-docker-config.json"))
+        );
+        let (config, manifest) = convert(body, TargetFormat::Oci);
+        assert_eq!(
+            text(&config),
+            text(fixture!("old-docker.skopeo-oci-config.json"))
+        );
+        assert_eq!(
+            text(&manifest),
+            with_source(fixture!("old-docker.skopeo-oci-manifest.json"), body)
+        );
+    }
+
+    #[test]
+    fn config_needs_one_diff_id_per_layer() {
+        let image = parse(fixture!("registry-get1.json")).unwrap();
+        let err = image.config(&[Digest::sha256_of(b"")]).unwrap_err();
+        assert!(matches!(
+            err,
+            Schema1Error::DiffIdCount {
+                layers: 3,
+                diff_ids: 1
+            }
+        ));
+    }
+
+    #[test]
+    fn config_of_a_throwaway_only_image_has_no_diff_ids() {
+        let v1 = format!(r#"{{"id":"{}","throwaway":true}}"#, "a".repeat(64));
+        let body = serde_json::json!({
+            "schemaVersion": 1,
+            "fsLayers": [{"blobSum": Digest::sha256_of(b"").to_string()}],
+            "history": [{"v1Compatibility": v1}],
+        })
+        .to_string();
+        let image = parse(body.as_bytes()).unwrap();
+        assert!(image.layers().is_empty());
+        let docker = String::from_utf8(image.config(&[]).unwrap()).unwrap();
+        assert!(docker.contains(r#""rootfs":{"type":"layers"}"#), "{docker}");
+        let oci = String::from_utf8(image.oci_config(&[]).unwrap()).unwrap();
+        assert!(
+            oci.contains(r#""rootfs":{"type":"layers","diff_ids":null}"#),
+            "{oci}"
+        );
+    }
+
+    #[test]
+    fn picks_layer_media_types_per_format() {
+        use Compression::*;
+        assert_eq!(layer_media_type(TargetFormat::Oci, Gzip), OCI_LAYER_GZIP);
+        assert_eq!(layer_media_type(TargetFormat::Oci, Zstd), OCI_LAYER_ZSTD);
+        assert_eq!(layer_media_type(TargetFormat::Oci, None), OCI_LAYER);
+        assert_eq!(
+            layer_media_type(TargetFormat::Docker, Gzip),
+            DOCKER_LAYER_GZIP
+        );
+        assert_eq!(layer_media_type(TargetFormat::Docker, None), DOCKER_LAYER);
+        assert_eq!(layer_media_type(TargetFormat::Docker, Zstd), OCI_LAYER_ZSTD);
+    }
+
+    #[test]
+    fn writes_descriptor_extras_only_in_oci_manifests() {
+        let image = parse(fixture!("old-docker.json")).unwrap();
+        let digest = Digest::sha256_of(b"x");
+        let mut layer = descriptor(OCI_LAYER_ZSTD, &digest, 1);
+        layer.annotations = Some(BTreeMap::from([("a".to_string(), "<b>".to_string())]));
+        let config = descriptor(OCI_CONFIG, &digest, 1);
+        let oci = image.manifest(TargetFormat::Oci, &config, &[layer.clone()], &digest);
+        assert!(
+            text(&oci).contains(r#","size":1,"annotations":{"a":"\u003cb\u003e"}}]"#),
+            "{}",
+            text(&oci)
+        );
+        let docker = image.manifest(TargetFormat::Docker, &config, &[layer], &digest);
+        assert!(!text(&docker).contains("annotations"), "{}", text(&docker));
+    }
+
+    #[test]
+    fn error_messages_are_lowercase_without_trailing_period() {
+        let errors = [
+            parse(b"[]").unwrap_err(),
+            parse(br#"{"schemaVersion":2}"#).unwrap_err(),
+            payload_digest(br#"{"signatures":[]}"#).unwrap_err(),
+            Schema1Error::DiffIdCount {
+                layers: 1,
+                diff_ids: 0,
+            },
+        ];
+        for err in errors {
+            let msg = err.to_string();
+            assert!(msg.starts_with("schema1 "), "{msg}");
+            assert!(!msg.ends_with('.'), "{msg}");
+        }
+    }
 }

@@ -9,9 +9,10 @@
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+use super::Schema1Error;
 use super::gojson::{self, Kind, Node};
 use super::gotype;
-use super::{Schema1Error, member, parse_json};
+use super::parse::{member, parse_json};
 use crate::digest::Digest;
 
 /// libtrust's base64url: padding optional, stray bits ignored (Go's
