@@ -10,9 +10,9 @@
 //! the conversion functions only fail on caller errors (a wrong number of
 //! diff IDs) or on a top entry skopeo could not convert either.
 //!
-//! Where skopeo's Go code decides the bytes, [`gojson`] and [`gotype`]
-//! reproduce `encoding/json`; [`config`] holds the conversion proper and
-//! [`payload`] the digest of signed manifests.
+//! Where skopeo's Go code decides the bytes, `gojson` and `gotype`
+//! reproduce `encoding/json`; `parse` holds the checks, `config` the
+//! conversion proper and `payload` the digest of signed manifests.
 
 mod config;
 mod gojson;
@@ -45,7 +45,8 @@ pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.ta
 /// A schema1 manifest that cannot be digested, validated or converted.
 #[derive(Debug, thiserror::Error)]
 pub enum Schema1Error {
-    #[error("schema1 manifest is not valid JSON: {0}")]
+    /// Not JSON, or a field of the wrong type (as Go's decoder sees it).
+    #[error("schema1 manifest cannot be read: {0}")]
     Json(String),
     #[error("schema1 manifest has schemaVersion {0}, expected 1")]
     Version(i64),
@@ -203,6 +204,10 @@ impl Schema1 {
 
     /// The Docker v2s2 image config skopeo writes for this image, given the
     /// diff IDs of [`Schema1::layers`] in order.
+    ///
+    /// This is the config for a Docker target. For an OCI target skopeo
+    /// passes it through image-spec's struct, which changes the bytes: use
+    /// [`Schema1::oci_config`] (or [`Schema1::config_for`]) there.
     pub fn config(&self, diff_ids: &[Digest]) -> Result<Vec<u8>, Schema1Error> {
         let layers = self.layers().len();
         if diff_ids.len() != layers {

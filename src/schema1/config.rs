@@ -393,6 +393,9 @@ mod tests {
         }
     }
 
+    /// Field order and ArgsEscaped follow image-spec v1.1.1, as current
+    /// skopeo builds with. skopeo 1.9.3 (image-spec 1.1.0-rc2) writes
+    /// `variant` right after `architecture` and drops ArgsEscaped.
     #[test]
     fn oci_config_keeps_only_image_spec_fields_in_struct_order() {
         let docker = concat!(
