@@ -136,7 +136,7 @@ fn check_unambiguous(node: &Node<'_>) -> Result<(), Schema1Error> {
         let present = members
             .iter()
             .rev()
-            .find(|(k, _)| k == name || gotype::fold_eq(name, k))
+            .find(|(k, _)| gotype::fold_eq(name, k))
             .is_some_and(|(_, v)| !v.is_null());
         if present {
             return Err(Schema1Error::Ambiguous(name));
