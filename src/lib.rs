@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod cli;
+pub mod diffid;
 pub mod digest;
 pub mod export;
 pub mod import;
@@ -31,6 +32,7 @@ pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod schema1;
 pub mod verify;
 
 /// An error and its causes on one line, `outer: inner: innermost`, for
