@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
+use crate::convert::{Pending, Schema1Mode, convert_pending};
 use crate::digest::Digest;
 use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
@@ -58,6 +59,8 @@ pub struct ExportOptions {
     pub annotations: BTreeMap<String, String>,
     /// Blobs in flight at once.
     pub jobs: usize,
+    /// What to do with legacy schema1 images.
+    pub schema1: Schema1Mode,
 }
 
 /// One image, resolved: what the bundle will hold for it.
@@ -73,6 +76,9 @@ pub struct ResolvedImage {
     /// Configs and layers, each once.
     pub blobs: Vec<Descriptor>,
     pub platforms: Vec<Platform>,
+    /// A schema1 image still to be converted (its layers' diff IDs are
+    /// computed as they download); `root` is then the schema1 manifest.
+    pub pending: Option<Pending>,
 }
 
 /// The outcome of a run.
@@ -115,6 +121,7 @@ pub async fn export_to_layout(
     let jobs = options.jobs.max(1);
     let mut report = ExportReport::default();
     let images = resolve_all(client, layout, references, options, progress, &mut report).await;
+    let images = convert_pending(client, layout, images, jobs, progress, &mut report).await;
 
     // Fetch every blob not yet present, from all images in one pool.
     let mut wanted: Vec<(Descriptor, ImageRef, usize)> = Vec::new();
@@ -223,10 +230,11 @@ pub async fn resolve_all(
                 let client = client.clone();
                 let cache = cache.clone();
                 let platforms = options.platforms.clone();
+                let mode = options.schema1;
                 async move {
                     let result = tokio::spawn({
                         let r = r.clone();
-                        async move { resolve(&client, &cache, &r, &platforms).await }
+                        async move { resolve(&client, &cache, &r, &platforms, mode).await }
                     })
                     .await
                     .unwrap_or_else(|e| {
@@ -331,8 +339,20 @@ pub async fn resolve(
     layout: &Layout,
     reference: &ImageRef,
     platforms: &[Platform],
+    schema1: Schema1Mode,
 ) -> Result<ResolvedImage, ImageError> {
     let root = fetch_root(client, layout, reference).await?;
+    if root.kind == Kind::Schema1 {
+        let image = crate::convert::resolve(client, reference, &root, schema1).await?;
+        let actual = &image.platforms[0];
+        if !platforms.is_empty() && !platforms.iter().any(|f| f.selects(actual)) {
+            return Err(ImageError::WrongPlatform {
+                wanted: join_platforms(platforms),
+                actual: actual.to_string(),
+            });
+        }
+        return Ok(image);
+    }
     let source_digest = root.digest.clone();
     let mut out = Collected::default();
     let mut image_platforms = Vec::new();
@@ -383,12 +403,7 @@ pub async fn resolve(
             out.add_blobs(&root.blobs);
             root
         }
-        // TODO(#5): fetch, verify and convert schema1 images.
-        Kind::Schema1 => {
-            return Err(ImageError::Invalid(
-                "a Docker schema1 image, which this version cannot export yet".into(),
-            ));
-        }
+        Kind::Schema1 => unreachable!("schema1 roots are resolved above"),
     };
     out.manifests.push(root.clone());
     Ok(ResolvedImage {
@@ -398,6 +413,7 @@ pub async fn resolve(
         manifests: out.manifests,
         blobs: out.blobs,
         platforms: image_platforms,
+        pending: None,
     })
 }
 

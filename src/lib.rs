@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod cli;
+pub mod convert;
 pub mod diffid;
 pub mod digest;
 pub mod export;

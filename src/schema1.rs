@@ -21,7 +21,7 @@ mod parse;
 mod payload;
 
 pub use parse::parse;
-pub use payload::payload_digest;
+pub use payload::{payload, payload_digest};
 
 use std::collections::BTreeMap;
 

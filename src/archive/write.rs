@@ -22,6 +22,7 @@ use super::plan::{BLOCK, BlobInput, Content, Plan, header, plan};
 use super::{
     ArchiveError, ArchiveIndex, ArchivePaths, FORMAT, ImageEntry, PartEntry, VERSION, part_label,
 };
+use crate::convert::convert_pending;
 use crate::digest::Digest;
 use crate::export::{ExportOptions, ExportReport, ResolvedImage, index_entry, resolve_all};
 use crate::layout::{Index, Layout};
@@ -108,6 +109,18 @@ pub async fn export_to_archive(
         &scratch,
         references,
         options,
+        progress,
+        &mut report.export,
+    )
+    .await;
+    // Schema1 images are converted first: their manifests depend on their
+    // layers' diff IDs, and the plan needs every manifest. Their layers
+    // pass through the scratch layout on the way.
+    let images = convert_pending(
+        client,
+        &scratch,
+        images,
+        options.jobs,
         progress,
         &mut report.export,
     )
@@ -571,14 +584,31 @@ async fn fetch_into_parts(
         offset: 0,
     };
     if scratch.has_blob(&entry.digest, entry.size) {
-        // Read while checking a platform; verified again as it is copied.
-        let bytes = scratch
-            .read_small_blob(&entry.digest, Some(entry.size))
-            .map_err(|e| ArchiveError::Invalid(crate::error_chain(&e)))?;
-        writer.push(&bytes).await?;
+        // Already fetched (a config read to check a platform, a converted
+        // schema1 layer): copy it over, verified again on the way.
+        let path = scratch.blob_path(&entry.digest);
+        let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
+        let mut verifier = crate::digest::Verifier::new(&entry.digest, Some(entry.size));
+        let mut buf = vec![0u8; WRITE_BUFFER];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+                .await
+                .map_err(io_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            verifier
+                .update(&buf[..n])
+                .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+            writer.push(&buf[..n]).await?;
+        }
+        verifier
+            .finish()
+            .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         writer.flush().await?;
         return Ok(entry.size);
     }
+
     // The reader verifies digest and size before it reports the end; the
     // part is hashed and recorded only after every blob in it did.
     let mut reader = client.blob_reader(source, &entry.digest, entry.size);

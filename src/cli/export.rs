@@ -10,6 +10,7 @@ use clap::Args;
 use super::{ConnectArgs, report_failures, usage};
 use crate::archive::write::export_to_archive;
 use crate::archive::{ArchivePaths, ChunkSize};
+use crate::convert::Schema1Mode;
 use crate::export::{ExportOptions, dedupe, export_to_layout, parse_list_file};
 use crate::layout::Layout;
 use crate::platform::Platform;
@@ -38,6 +39,10 @@ pub struct ExportArgs {
     /// Record key=value on the index.json entries this run writes.
     #[arg(long, value_name = "KEY=VALUE")]
     annotation: Vec<String>,
+    /// Legacy schema1 images: convert to `oci` (default) or `docker` v2s2,
+    /// or `keep` them unconverted (most tools cannot read those).
+    #[arg(long, value_enum, default_value_t = Schema1Mode::Oci)]
+    schema1: Schema1Mode,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -52,6 +57,7 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
         platforms,
         annotations,
         jobs: args.connect.jobs(),
+        schema1: args.schema1,
     };
     let progress = Progress::new(verbosity, "total");
 

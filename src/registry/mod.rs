@@ -867,13 +867,33 @@ fn verify_manifest(
         what: what.to_string(),
         source,
     };
+    // Schema1 is digested over its payload, signatures removed (the
+    // registry re-signs on every GET, so the bytes change and the digest
+    // does not); every other manifest over its bytes.
+    let schema1 = body.windows(10).any(|w| w == b"\"fsLayers\"");
+    let digest_as = |like: &Digest| -> Result<Digest, RegistryError> {
+        if schema1 {
+            crate::schema1::payload_digest(body).map_err(|e| RegistryError::Protocol {
+                what: what.to_string(),
+                reason: crate::error_chain(&e),
+            })
+        } else {
+            Ok(like.recompute(body))
+        }
+    };
     if let Some(want) = image.digest() {
-        crate::digest::verify_bytes(want, None, body).map_err(verify_err)?;
+        let actual = digest_as(want)?;
+        if &actual != want {
+            return Err(verify_err(VerifyError::Digest {
+                expected: want.clone(),
+                actual,
+            }));
+        }
         return Ok(want.clone());
     }
-    let computed = Digest::sha256_of(body);
+    let computed = digest_as(&Digest::sha256_of(b""))?;
     if let Some(h) = header.and_then(|h| h.parse::<Digest>().ok()) {
-        let ours = h.recompute(body);
+        let ours = digest_as(&h)?;
         if ours != h {
             return Err(verify_err(VerifyError::Digest {
                 expected: h,

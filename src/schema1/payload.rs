@@ -39,11 +39,18 @@ fn jose_decode(s: &str) -> Result<Vec<u8>, String> {
 /// distribution stores it and re-signs it on every GET. An unsigned one is
 /// digested as it is.
 pub fn payload_digest(body: &[u8]) -> Result<Digest, Schema1Error> {
+    Ok(Digest::sha256_of(&payload(body)?))
+}
+
+/// The bytes a schema1 manifest's digest is computed over: the body
+/// without its signatures (see [`payload_digest`]), or the whole body when
+/// it is unsigned.
+pub fn payload(body: &[u8]) -> Result<Vec<u8>, Schema1Error> {
     let node = parse_json(body)?;
     let signatures = match member(&node, "signatures") {
-        None => return Ok(Digest::sha256_of(body)),
+        None => return Ok(body.to_vec()),
         // containers/image treats a null list as no list.
-        Some(sigs) if sigs.is_null() => return Ok(Digest::sha256_of(body)),
+        Some(sigs) if sigs.is_null() => return Ok(body.to_vec()),
         Some(sigs) => sigs,
     };
     let Kind::Array(signatures) = &signatures.kind else {
@@ -112,7 +119,7 @@ pub fn payload_digest(body: &[u8]) -> Result<Digest, Schema1Error> {
     let (length, tail) = payload.expect("at least one signature was read");
     let mut bytes = body[..length].to_vec();
     bytes.extend_from_slice(&tail);
-    Ok(Digest::sha256_of(&bytes))
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -5,4 +5,5 @@ mod archive;
 mod export;
 mod harness;
 mod import;
+mod schema1;
 mod support;
