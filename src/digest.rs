@@ -341,3 +341,25 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_valid_digests_are_path_safe(s in ".{0,140}") {
+            if let Ok(d) = s.parse::<Digest>() {
+                prop_assert!(d.hex().bytes().all(|b| b.is_ascii_hexdigit()));
+                prop_assert_eq!(d.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn any_sha256_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let d = Digest::sha256_of(&bytes);
+            prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        }
+    }
+}

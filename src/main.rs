@@ -17,11 +17,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(airlock::cli::run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = airlock::cli::run(cli) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // Dropping the runtime cancels every task; their temporary files are
+    // removed as they drop, and nothing unverified was ever renamed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Some(Ok(code)) => code,
+        Some(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(airlock::cli::exit_code(&e))
+        }
+        None => {
+            eprintln!(
+                "interrupted: what was complete is kept; run the same command again to finish"
+            );
+            ExitCode::from(130)
         }
     }
 }

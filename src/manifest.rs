@@ -252,3 +252,50 @@ mod tests {
         assert!(matches!(parse(&big), Err(ManifestError::TooLarge { .. })));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "(sha256:[0-9a-f]{0,64}|application/vnd[a-z.+]{0,40}|[a-zA-Z]{0,10})"
+                .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    "(mediaType|manifests|config|layers|digest|size|platform|fsLayers|x)",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn classification_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let body = Bytes::from(bytes);
+            let _ = Manifest::parse(Digest::sha256_of(&body), body, None);
+        }
+
+        #[test]
+        fn classification_never_panics_on_json(v in json_value(), hint in proptest::option::of("[a-z./+]{0,40}")) {
+            let body = Bytes::from(serde_json::to_vec(&v).unwrap());
+            if let Ok(m) = Manifest::parse(Digest::sha256_of(&body), body, hint.as_deref()) {
+                // A manifest that parsed names only valid digests.
+                for d in m.manifests.iter().chain(m.blobs.iter()) {
+                    prop_assert!(d.digest.to_string().parse::<Digest>().is_ok());
+                }
+                let _ = m.filtered_index(&[]);
+            }
+        }
+    }
+}

@@ -105,3 +105,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_round_trips(s in ".{0,60}") {
+            if let Ok(p) = Platform::parse(&s) {
+                prop_assert_eq!(Platform::parse(&p.to_string()).unwrap(), p.clone());
+                prop_assert!(p.selects(&p));
+            }
+        }
+    }
+}

@@ -236,3 +236,30 @@ mod tests {
         assert!(Target::parse("").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(s in ".{0,300}") {
+            let _ = ImageRef::parse(&s);
+            let _ = Target::parse(&s);
+        }
+
+        #[test]
+        fn names_parse_back_to_themselves(
+            host in "[a-z][a-z0-9]{0,10}\\.example(:[1-9][0-9]{1,4})?",
+            path in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}",
+            tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
+        ) {
+            let input = format!("{host}/{path}:{tag}");
+            let r = ImageRef::parse(&input).unwrap();
+            let again = ImageRef::parse(&r.name()).unwrap();
+            prop_assert_eq!(again.name(), r.name());
+            prop_assert_eq!(r.tag(), Some(tag.as_str()));
+        }
+    }
+}

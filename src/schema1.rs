@@ -567,3 +567,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SIGNED: &[u8] = include_bytes!("../tests/data/schema1/registry-get1.json");
+
+    proptest! {
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = payload_digest(&bytes);
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_a_damaged_real_manifest(at in 0usize..SIGNED.len(), byte in any::<u8>()) {
+            let mut body = SIGNED.to_vec();
+            body[at] = byte;
+            let _ = payload_digest(&body);
+            if let Ok(s) = parse(&body) {
+                let ids = vec![Digest::sha256_of(b""); s.layers().len()];
+                let _ = s.config_for(TargetFormat::Oci, &ids);
+            }
+        }
+    }
+}

@@ -394,3 +394,44 @@ mod tests {
         assert_eq!(paths.part_name(12), "site.0012.tar");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn index_checks_never_panic(
+            parts in proptest::collection::vec((0u32..5, 0u64..10_000), 0..4),
+            pieces in proptest::collection::vec((0u32..6, any::<u64>(), any::<u64>()), 0..6),
+            size in any::<u64>(),
+        ) {
+            let index = ArchiveIndex {
+                format: FORMAT.into(),
+                version: VERSION,
+                bundle: "0".repeat(64),
+                chunk_size: 1 << 20,
+                mtime: 0,
+                parts: parts
+                    .iter()
+                    .map(|(n, s)| PartEntry { number: *n, name: "x".into(), size: *s, sha256: "a".repeat(64) })
+                    .collect(),
+                images: vec![],
+                blobs: vec![BlobEntry {
+                    digest: crate::digest::Digest::sha256_of(b""),
+                    size,
+                    media_type: "x".into(),
+                    pieces: pieces.iter().map(|(part, offset, length)| Piece { part: *part, offset: *offset, length: *length }).collect(),
+                }],
+            };
+            let _ = index.validate(Path::new("x.index.json"));
+        }
+
+        #[test]
+        fn finding_a_bundle_never_panics(s in ".{0,80}") {
+            let _ = ArchivePaths::find(Path::new(&s));
+            let _ = ChunkSize::parse(&s);
+        }
+    }
+}

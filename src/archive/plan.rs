@@ -414,3 +414,45 @@ mod tests {
         assert_eq!(h, header("blobs/sha256/abc", 10, 0).unwrap());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parts_never_exceed_the_chunk_and_pieces_tile_each_blob(
+            chunk_kib in 64u64..2048,
+            sizes in proptest::collection::vec(0u64..3_000_000, 1..12),
+        ) {
+            let chunk = chunk_kib * 1024;
+            let blobs: Vec<BlobInput> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| BlobInput {
+                    digest: Digest::sha256_of(&(i as u64).to_le_bytes()),
+                    size: *s,
+                    media_type: "x".into(),
+                    inline: None,
+                })
+                .collect();
+            let meta = vec![("index.json", Bytes::from_static(b"{}"))];
+            let plan = plan(chunk, 0, &meta, &blobs).unwrap();
+            for part in &plan.parts {
+                prop_assert!(part.size <= chunk);
+                // Members follow each other without overlap.
+                let mut end = 0;
+                for m in &part.members {
+                    prop_assert!(m.header_offset >= end);
+                    end = m.data_offset() + m.size.div_ceil(BLOCK) * BLOCK;
+                }
+                prop_assert!(end + 1024 <= part.size || part.members.is_empty());
+            }
+            for (entry, input) in plan.blobs.iter().zip(&blobs) {
+                prop_assert_eq!(entry.pieces.iter().map(|p| p.length).sum::<u64>(), input.size);
+                prop_assert!(entry.pieces.windows(2).all(|w| w[0].part < w[1].part));
+            }
+        }
+    }
+}
