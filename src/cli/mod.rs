@@ -175,5 +175,11 @@ pub fn report_failures(failed: &[(String, String)], total: usize, verb: &str) ->
     for (name, why) in failed {
         eprintln!("  {name}: {why}");
     }
+    if failed.iter().any(|(_, why)| why.contains("os error 28")) {
+        eprintln!(
+            "hint: the disk is full. Free some space and run the same command again; \
+             what is complete is kept."
+        );
+    }
     ExitCode::from(1)
 }

@@ -4,6 +4,7 @@
 mod archive;
 mod export;
 mod harness;
+mod hostile;
 mod import;
 mod schema1;
 mod support;
