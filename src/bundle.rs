@@ -12,6 +12,7 @@ use crate::archive::{ArchiveError, ArchivePaths, part_label};
 use crate::digest::Digest;
 use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::manifest::Descriptor;
+use crate::referrers::{SUBJECT, SUBJECT_IMAGE};
 
 /// A bundle that cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +79,24 @@ impl Bundle {
                 .index
                 .images
                 .iter()
-                .map(|i| Descriptor {
-                    media_type: i.media_type.clone(),
-                    digest: i.digest.clone(),
-                    size: archive.blob(&i.digest).map_or(0, |b| b.size),
-                    platform: None,
-                    artifact_type: None,
-                    annotations: Some(
+                .map(|i| {
+                    let mut annotations: std::collections::BTreeMap<String, String> =
                         [(REF_NAME, &i.name), (CONTAINERD_NAME, &i.name)]
                             .into_iter()
                             .map(|(k, v)| (k.to_string(), v.clone()))
-                            .collect(),
-                    ),
+                            .collect();
+                    if let (Some(s), Some(owner)) = (&i.subject, &i.referrer_of) {
+                        annotations.insert(SUBJECT.to_string(), s.to_string());
+                        annotations.insert(SUBJECT_IMAGE.to_string(), owner.clone());
+                    }
+                    Descriptor {
+                        media_type: i.media_type.clone(),
+                        digest: i.digest.clone(),
+                        size: archive.blob(&i.digest).map_or(0, |b| b.size),
+                        platform: None,
+                        artifact_type: i.artifact_type.clone(),
+                        annotations: Some(annotations),
+                    }
                 })
                 .collect()),
         }

@@ -106,6 +106,9 @@ pub async fn resolve(
                 blobs: unique,
                 platforms: vec![platform],
                 pending: None,
+                subject: None,
+                referrer_of: None,
+                artifact_type: None,
             });
         }
         Schema1Mode::Oci => TargetFormat::Oci,
@@ -124,6 +127,9 @@ pub async fn resolve(
             format,
             layers,
         }),
+        subject: None,
+        referrer_of: None,
+        artifact_type: None,
     })
 }
 
@@ -281,6 +287,9 @@ async fn convert(
         blobs,
         platforms: config_platform(&config).into_iter().collect(),
         pending: None,
+        subject: image.subject.clone(),
+        referrer_of: image.referrer_of.clone(),
+        artifact_type: image.artifact_type.clone(),
     })
 }
 

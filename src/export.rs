@@ -22,6 +22,7 @@ use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
 use crate::progress::{Progress, human_bytes, rate};
 use crate::reference::ImageRef;
+use crate::referrers::{ReferrerOptions, SUBJECT, SUBJECT_IMAGE, discover};
 use crate::registry::{Client, RegistryError};
 
 /// Annotation on an `index.json` entry whose index a platform filter
@@ -61,6 +62,8 @@ pub struct ExportOptions {
     pub jobs: usize,
     /// What to do with legacy schema1 images.
     pub schema1: Schema1Mode,
+    /// Which signatures, SBOMs and attestations come along.
+    pub referrers: ReferrerOptions,
 }
 
 /// One image, resolved: what the bundle will hold for it.
@@ -79,6 +82,12 @@ pub struct ResolvedImage {
     /// A schema1 image still to be converted (its layers' diff IDs are
     /// computed as they download); `root` is then the schema1 manifest.
     pub pending: Option<Pending>,
+    /// For a referrer: the manifest it refers to.
+    pub subject: Option<Digest>,
+    /// For a referrer: the name of the image it belongs to.
+    pub referrer_of: Option<String>,
+    /// For a referrer: its artifact type.
+    pub artifact_type: Option<String>,
 }
 
 /// The outcome of a run.
@@ -248,6 +257,7 @@ pub async fn resolve_all(
             .await;
 
     let mut images = Vec::new();
+    let mut referrers = Vec::new();
     for (reference, result) in resolved {
         match result {
             Ok(image) => {
@@ -267,6 +277,26 @@ pub async fn resolve_all(
                 .push((reference.name(), crate::error_chain(&e))),
         }
     }
+
+    // Signatures, SBOMs and attestations of every image, after them.
+    let found = futures::future::join_all(
+        images
+            .iter()
+            .map(|i| discover(client, cache, i, &options.referrers, options.schema1)),
+    )
+    .await;
+    let mut names: HashSet<String> = images.iter().map(|i| i.reference.name()).collect();
+    for (found, warnings) in found {
+        for w in warnings {
+            progress.println(&format!("warning: {w}"));
+        }
+        referrers.extend(
+            found
+                .into_iter()
+                .filter(|r| names.insert(r.reference.name())),
+        );
+    }
+    images.extend(referrers);
     images
 }
 
@@ -299,6 +329,10 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
     if image.root.digest != image.source_digest {
         annotations.insert(SOURCE_DIGEST.to_string(), image.source_digest.to_string());
     }
+    if let (Some(subject), Some(owner)) = (&image.subject, &image.referrer_of) {
+        annotations.insert(SUBJECT.to_string(), subject.to_string());
+        annotations.insert(SUBJECT_IMAGE.to_string(), owner.clone());
+    }
     let platform = match (image.root.kind, image.platforms.as_slice()) {
         (Kind::Image, [one]) => Some(one.clone()),
         _ => None,
@@ -308,7 +342,7 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
         digest: image.root.digest.clone(),
         size: image.root.body.len() as u64,
         platform,
-        artifact_type: None,
+        artifact_type: image.artifact_type.clone(),
         annotations: Some(annotations),
     }
 }
@@ -414,6 +448,9 @@ pub async fn resolve(
         blobs: out.blobs,
         platforms: image_platforms,
         pending: None,
+        subject: None,
+        referrer_of: None,
+        artifact_type: None,
     })
 }
 

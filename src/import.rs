@@ -9,7 +9,7 @@
 //! never points at an incomplete image, and a re-run finds what is there
 //! with HEAD requests and sends only what is missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use crate::layout::ref_name;
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::progress::{Progress, human_bytes, rate};
 use crate::reference::{ImageRef, Target};
+use crate::referrers::{SUBJECT, SUBJECT_IMAGE, listing_descriptor};
 use crate::registry::{Client, Pushed, RegistryError};
 
 /// How deep indexes may nest in a bundle.
@@ -66,6 +67,10 @@ pub struct PlannedImage {
     pub manifests: Vec<Manifest>,
     /// Configs and layers, each once.
     pub blobs: Vec<Descriptor>,
+    /// For a signature, SBOM or attestation: the manifest it refers to.
+    pub subject: Option<Digest>,
+    /// For a referrer: the image it belongs to.
+    pub subject_image: Option<String>,
 }
 
 /// The outcome of a run.
@@ -128,7 +133,15 @@ pub fn plan(
             );
             continue;
         };
-        if !options.only.is_empty() && !matches_filter(name, &options.only) {
+        // An image's signatures and SBOMs come along with it.
+        let owner = entry
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SUBJECT_IMAGE));
+        if !options.only.is_empty()
+            && !matches_filter(name, &options.only)
+            && !owner.is_some_and(|o| matches_filter(o, &options.only))
+        {
             continue;
         }
         if !names.insert(name.to_string()) {
@@ -188,12 +201,19 @@ fn plan_image(
     for blob in &blobs {
         bundle.check_blob(&blob.digest, blob.size)?;
     }
+    let annotation = |key: &str| entry.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    let subject = annotation(SUBJECT)
+        .map(|d| d.parse::<Digest>())
+        .transpose()
+        .map_err(|e| ImportError::Invalid(format!("{SUBJECT}: {e}")))?;
     Ok(PlannedImage {
         name: name.to_string(),
         target: target_ref,
         root: entry.clone(),
         manifests,
         blobs,
+        subject,
+        subject_image: annotation(SUBJECT_IMAGE),
     })
 }
 
@@ -413,38 +433,92 @@ pub async fn import_bundle(
     }
 
     // Manifests, per image whose blobs are all in place; tags last.
-    let pushes = futures::stream::iter(images)
-        .map(|image| {
-            let client = client.clone();
-            let repo = image.target.repository().to_string();
-            let failed_blob = image
-                .blobs
-                .iter()
-                .find_map(|b| failures.get(&(repo.clone(), b.digest.clone())).cloned());
-            let dry_run = options.dry_run;
-            async move {
-                if let Some(e) = failed_blob {
-                    return (image, Err(e));
+    // Referrers go in later waves, after the manifest they refer to.
+    let mut waiting = images;
+    let mut failed_names: HashSet<String> = HashSet::new();
+    let mut listings: BTreeMap<(String, Digest), (ImageRef, Vec<Descriptor>)> = BTreeMap::new();
+    while !waiting.is_empty() {
+        let pending_roots: HashSet<Digest> =
+            waiting.iter().map(|i| i.root.digest.clone()).collect();
+        let (mut wave, rest): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|i| {
+            i.subject
+                .as_ref()
+                .is_none_or(|s| !pending_roots.contains(s) || s == &i.root.digest)
+        });
+        if wave.is_empty() {
+            // Referrers referring to each other in a circle: push them all.
+            wave = rest;
+            waiting = Vec::new();
+        } else {
+            waiting = rest;
+        }
+        let pushes = futures::stream::iter(wave)
+            .map(|image| {
+                let client = client.clone();
+                let repo = image.target.repository().to_string();
+                let failed_blob = image
+                    .blobs
+                    .iter()
+                    .find_map(|b| failures.get(&(repo.clone(), b.digest.clone())).cloned());
+                let owner_failed = image
+                    .subject_image
+                    .as_ref()
+                    .filter(|o| failed_names.contains(*o))
+                    .map(|o| format!("not pushed: the image it refers to, {o}, failed"));
+                let dry_run = options.dry_run;
+                async move {
+                    if let Some(e) = failed_blob.or(owner_failed) {
+                        return (image, Err(e));
+                    }
+                    if dry_run {
+                        return (image, Ok(0));
+                    }
+                    let result = push_manifests(&client, &image)
+                        .await
+                        .map_err(|e| crate::error_chain(&e));
+                    (image, result)
                 }
-                if dry_run {
-                    return (image, Ok(0));
+            })
+            .buffer_unordered(jobs)
+            .collect::<Vec<_>>()
+            .await;
+        for (image, result) in pushes {
+            match result {
+                Ok(n) => {
+                    report.manifests_pushed += n;
+                    // A referrer pushed by digest is listed under its
+                    // subject; one pushed by a (cosign) tag is found by it.
+                    if let (Some(subject), None) = (&image.subject, image.target.tag()) {
+                        let root = image.manifests.last().expect("a root");
+                        let d = listing_descriptor(
+                            &root.media_type,
+                            &root.digest,
+                            &root.body,
+                            image.root.artifact_type.as_deref(),
+                        );
+                        listings
+                            .entry((image.target.repository().to_string(), subject.clone()))
+                            .or_insert_with(|| (image.target.clone(), Vec::new()))
+                            .1
+                            .push(d);
+                    }
+                    report.imported.push(image);
                 }
-                let result = push_manifests(&client, &image)
-                    .await
-                    .map_err(|e| crate::error_chain(&e));
-                (image, result)
+                Err(e) => {
+                    failed_names.insert(image.name.clone());
+                    report.failed.push((image.name.clone(), e));
+                }
             }
-        })
-        .buffer_unordered(jobs)
-        .collect::<Vec<_>>()
-        .await;
-    for (image, result) in pushes {
-        match result {
-            Ok(n) => {
-                report.manifests_pushed += n;
-                report.imported.push(image);
+        }
+    }
+    if !options.dry_run {
+        for ((_, subject), (target, descriptors)) in listings {
+            if let Err(e) = client.add_referrers(&target, &subject, &descriptors).await {
+                report.failed.push((
+                    format!("referrers of {subject} in {}", target.repository()),
+                    crate::error_chain(&e),
+                ));
             }
-            Err(e) => report.failed.push((image.name.clone(), e)),
         }
     }
     report.imported.sort_by(|a, b| a.name.cmp(&b.name));

@@ -8,6 +8,7 @@ use crate::bundle::Bundle;
 use crate::layout::ref_name;
 use crate::manifest::{Kind, Manifest};
 use crate::progress::human_bytes;
+use crate::referrers::{ArtifactKind, SUBJECT, SUBJECT_IMAGE, classify, describe};
 
 /// A bundle, described.
 #[derive(Debug, Serialize)]
@@ -38,6 +39,55 @@ pub struct ImageInfo {
     /// Bytes of every blob the image needs, manifests included.
     pub size: u64,
     pub blobs: usize,
+    /// "signed, SBOM, 2 attestations" (empty when none).
+    pub artifacts: String,
+    /// The signatures, SBOMs and attestations that belong to it.
+    pub referrers: Vec<ReferrerInfo>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerInfo {
+    pub name: String,
+    pub digest: String,
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+}
+
+/// Moves referrer rows under the images they belong to.
+fn fold_referrers(
+    rows: Vec<(ImageInfo, Option<(String, String, Option<String>)>)>,
+) -> Vec<ImageInfo> {
+    let mut images = Vec::new();
+    let mut referrers = Vec::new();
+    for (info, owner) in rows {
+        match owner {
+            Some((owner, subject, artifact_type)) => {
+                referrers.push((owner, subject, artifact_type, info))
+            }
+            None => images.push(info),
+        }
+    }
+    for (owner, subject, artifact_type, info) in referrers {
+        if let Some(image) = images.iter_mut().find(|i| i.name == owner) {
+            image.referrers.push(ReferrerInfo {
+                name: info.name,
+                digest: info.digest,
+                subject,
+                artifact_type,
+            });
+        }
+    }
+    for image in &mut images {
+        let kinds: Vec<ArtifactKind> = image
+            .referrers
+            .iter()
+            .map(|r| classify(r.artifact_type.as_deref(), &r.name))
+            .collect();
+        image.artifacts = describe(&kinds);
+    }
+    images
 }
 
 #[derive(Debug, Serialize)]
@@ -60,18 +110,31 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
                 path: bundle.describe(),
                 bundle: Some(index.bundle.clone()),
                 chunk_size: Some(index.chunk_size),
-                images: index
-                    .images
-                    .iter()
-                    .map(|i| ImageInfo {
-                        name: i.name.clone(),
-                        digest: i.digest.to_string(),
-                        media_type: i.media_type.clone(),
-                        platforms: i.platforms.iter().map(|p| p.to_string()).collect(),
-                        size: i.blobs.iter().map(size_of).sum(),
-                        blobs: i.blobs.len(),
-                    })
-                    .collect(),
+                images: fold_referrers(
+                    index
+                        .images
+                        .iter()
+                        .map(|i| {
+                            let info = ImageInfo {
+                                name: i.name.clone(),
+                                digest: i.digest.to_string(),
+                                media_type: i.media_type.clone(),
+                                platforms: i.platforms.iter().map(|p| p.to_string()).collect(),
+                                size: i.blobs.iter().map(size_of).sum(),
+                                blobs: i.blobs.len(),
+                                artifacts: String::new(),
+                                referrers: Vec::new(),
+                            };
+                            let owner = match (&i.referrer_of, &i.subject) {
+                                (Some(o), Some(s)) => {
+                                    Some((o.clone(), s.to_string(), i.artifact_type.clone()))
+                                }
+                                _ => None,
+                            };
+                            (info, owner)
+                        })
+                        .collect(),
+                ),
                 parts: index
                     .parts
                     .iter()
@@ -134,15 +197,26 @@ fn inspect_layout(bundle: &Bundle) -> Inspection {
             platforms.push(p.to_string());
         }
         platforms.sort();
-        images.push(ImageInfo {
-            name: ref_name(&entry).unwrap_or("(unnamed)").to_string(),
-            digest: entry.digest.to_string(),
-            media_type: entry.media_type.clone(),
-            platforms,
-            size,
-            blobs: mine.len(),
-        });
+        let annotation = |k: &str| entry.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+        let owner = match (annotation(SUBJECT_IMAGE), annotation(SUBJECT)) {
+            (Some(o), Some(s)) => Some((o, s, entry.artifact_type.clone())),
+            _ => None,
+        };
+        images.push((
+            ImageInfo {
+                name: ref_name(&entry).unwrap_or("(unnamed)").to_string(),
+                digest: entry.digest.to_string(),
+                media_type: entry.media_type.clone(),
+                platforms,
+                size,
+                blobs: mine.len(),
+                artifacts: String::new(),
+                referrers: Vec::new(),
+            },
+            owner,
+        ));
     }
+    let images = fold_referrers(images);
     Inspection {
         kind: "layout",
         path: bundle.describe(),

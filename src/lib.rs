@@ -32,6 +32,7 @@ pub mod manifest;
 pub mod platform;
 pub mod progress;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod schema1;
 pub mod verify;

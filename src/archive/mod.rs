@@ -96,6 +96,14 @@ pub struct ImageEntry {
     pub platforms: Vec<Platform>,
     /// Every blob the image needs: its manifests, configs and layers.
     pub blobs: Vec<Digest>,
+    /// For a signature, SBOM or attestation: the manifest it refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
+    /// For a referrer: the name of the image it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
 }
 
 /// One blob and where its bytes are.

@@ -366,7 +366,8 @@ fn docker_manifest(images: &[ResolvedImage]) -> Vec<u8> {
     }
     let path = |d: &Digest| format!("blobs/{}/{}", d.algorithm().as_str(), d.hex());
     let mut entries = Vec::new();
-    for image in images {
+    // Signatures and SBOMs are not images to load.
+    for image in images.iter().filter(|i| i.referrer_of.is_none()) {
         let candidates: Vec<_> = image
             .manifests
             .iter()
@@ -452,6 +453,9 @@ fn archive_index(
                     media_type: i.root.media_type.clone(),
                     platforms: i.platforms.clone(),
                     blobs,
+                    subject: i.subject.clone(),
+                    referrer_of: i.referrer_of.clone(),
+                    artifact_type: i.artifact_type.clone(),
                 }
             })
             .collect(),

@@ -16,6 +16,7 @@ use crate::layout::Layout;
 use crate::platform::Platform;
 use crate::progress::{Progress, Verbosity};
 use crate::reference::ImageRef;
+use crate::referrers::ReferrerOptions;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -43,6 +44,14 @@ pub struct ExportArgs {
     /// or `keep` them unconverted (most tools cannot read those).
     #[arg(long, value_enum, default_value_t = Schema1Mode::Oci)]
     schema1: Schema1Mode,
+    /// Leave out signatures, SBOMs and attestations (referrers and cosign
+    /// tags), which are carried by default.
+    #[arg(long)]
+    no_referrers: bool,
+    /// Carry only referrers of this artifact type (repeatable); cosign's
+    /// tags are `cosign.sig`, `cosign.att`, `cosign.sbom`.
+    #[arg(long, value_name = "TYPE", conflicts_with = "no_referrers")]
+    referrers_type: Vec<String>,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -58,6 +67,10 @@ pub async fn run(args: ExportArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
         annotations,
         jobs: args.connect.jobs(),
         schema1: args.schema1,
+        referrers: ReferrerOptions {
+            enabled: !args.no_referrers,
+            types: args.referrers_type.clone(),
+        },
     };
     let progress = Progress::new(verbosity, "total");
 

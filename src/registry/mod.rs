@@ -10,6 +10,7 @@
 //! "pushed" went through a [`Verifier`] for the digest it was asked for.
 
 pub mod auth;
+pub mod referrers;
 pub mod retry;
 
 use std::collections::HashMap;
