@@ -1,0 +1,107 @@
+//! Import into a registry that fails uploads, drops them halfway, and
+//! lets tokens expire between the requests of one upload.
+
+use super::{LAYER, Work, failed_cleanly};
+use crate::support::faulty::{Fault, Faulty, Match};
+use crate::support::images::{self, PushedImage};
+use crate::support::registry::Registry;
+
+fn image(reg: &Registry, repo: &str, seed: u64) -> PushedImage {
+    images::push_multiarch_oci(reg, repo, "v1", seed, &["linux/amd64"], LAYER)
+}
+
+/// Exports `set` from its registry into the work's bundle, untouched.
+fn bundle_of(work: &Work, set: &[&PushedImage]) {
+    let refs: Vec<String> = set.iter().map(|i| i.reference()).collect();
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    work.export(&refs).success();
+}
+
+fn import(work: &Work, to: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
+    work.airlock()
+        .args(["import", "--plain-http"])
+        .arg(work.bundle())
+        .args(["--to", to])
+        .args(extra)
+        .assert()
+}
+
+/// The PUT that completes the upload of `digest` (its URL carries it).
+fn put_of(digest: &str) -> Match {
+    Match::path_contains(&digest["sha256:".len()..]).method("PUT")
+}
+
+/// Asserts the target serves `image` under `repo` with every digest.
+fn assert_landed(dst: &Registry, repo: &str, image: &PushedImage) {
+    let served = images::try_get_manifest(dst, repo, &image.tag)
+        .unwrap_or_else(|| panic!("{repo}:{} not on the target", image.tag));
+    assert_eq!(served.docker_content_digest, image.digest, "{repo}");
+    assert_eq!(served.bytes, image.bytes, "{repo}");
+    for m in &image.manifests {
+        assert!(
+            images::try_get_manifest(dst, repo, &m.digest).is_some(),
+            "{}",
+            m.digest
+        );
+    }
+    for d in image.blob_digests() {
+        // get_blob checks the bytes hash to the digest.
+        images::get_blob(dst, repo, &d);
+    }
+}
+
+#[test]
+fn uploads_that_fail_or_drop_are_retried_and_land_every_digest() {
+    let src = Registry::start();
+    let dst = Registry::start();
+    let proxy = Faulty::start(&dst);
+    let img = image(&src, "team/app", 41);
+    let work = Work::new();
+    bundle_of(&work, &[&img]);
+    let layers = &img.manifests[0].layers;
+    let sessions = Match::uploads().method("POST");
+    proxy.first(2, sessions.clone(), Fault::ServerError(503));
+    proxy.first(1, put_of(&layers[0].digest), Fault::DropRequest(LAYER / 2));
+    proxy.first(2, put_of(&layers[1].digest), Fault::ServerError(503));
+    let tag_put = Match::manifest("v1").method("PUT");
+    proxy.first(1, tag_put.clone(), Fault::ServerError(502));
+
+    import(&work, &format!("{}/mirror", proxy.host()), &[]).success();
+
+    assert_landed(&dst, "mirror/team/app", &img);
+    let statuses = |m: &Match| -> Vec<u16> { proxy.requests(m).iter().map(|r| r.status).collect() };
+    assert_eq!(statuses(&sessions)[..3], [503, 503, 202]);
+    assert_eq!(statuses(&put_of(&layers[0].digest)), [0, 201]);
+    assert_eq!(statuses(&put_of(&layers[1].digest)), [503, 503, 201]);
+    assert_eq!(statuses(&tag_put), [502, 201]);
+}
+
+#[test]
+fn an_upload_that_keeps_failing_pushes_no_tag_for_its_image() {
+    let src = Registry::start();
+    let dst = Registry::start();
+    let proxy = Faulty::start(&dst);
+    let bad = image(&src, "team/bad", 42);
+    let good = image(&src, "team/good", 43);
+    let work = Work::new();
+    bundle_of(&work, &[&bad, &good]);
+    let layer = bad.manifests[0].layers[1].digest.clone();
+    proxy.always(put_of(&layer), Fault::ServerError(503));
+
+    let err = failed_cleanly(import(&work, &proxy.host(), &["--retries", "1"]));
+
+    let line = err
+        .lines()
+        .find(|l| l.contains("team/bad"))
+        .unwrap_or_else(|| panic!("no line names the image:\n{err}"));
+    assert!(line.contains(&layer) && line.contains("503"), "{line}");
+    assert_eq!(
+        images::try_get_manifest(&dst, "team/bad", "v1").map(|m| m.bytes),
+        None
+    );
+    assert!(images::list_tags(&dst, "team/bad").is_empty());
+    let pushed = proxy.requests(&Match::path_contains("/team/bad/manifests/").method("PUT"));
+    assert!(pushed.is_empty(), "{pushed:?}");
+    assert_eq!(proxy.requests(&put_of(&layer)).len(), 2);
+    assert_landed(&dst, "team/good", &good);
+}
