@@ -556,11 +556,18 @@ impl Client {
         let policy = self.inner.options.retry;
         let mut attempt = 0;
         loop {
+            // `send` has already retried the session request as often as
+            // the policy allows; only the PUT, whose streamed body `send`
+            // cannot repeat, is retried here, each time in a new session.
+            // Retrying both would make N retries into (N+1)^2 attempts.
+            let Some(put_url) = self.open_upload(image, digest, from, &what).await? else {
+                return Ok(Pushed::Mounted);
+            };
             match self
-                .push_blob_once(image, digest, size, from, &open, &what)
+                .put_blob(image, digest, size, &open, &what, &put_url)
                 .await
             {
-                Ok(p) => return Ok(p),
+                Ok(()) => return Ok(Pushed::Uploaded),
                 Err(e) if e.is_transient() && attempt < policy.retries => {
                     attempt += 1;
                     let wait = policy.backoff(attempt, None);
@@ -572,19 +579,15 @@ impl Client {
         }
     }
 
-    async fn push_blob_once<S, F>(
+    /// Opens an upload session (or mounts the blob from `from`); returns
+    /// the URL to PUT the bytes to, or `None` when the mount did it.
+    async fn open_upload(
         &self,
         image: &ImageRef,
         digest: &Digest,
-        size: u64,
         from: Option<&str>,
-        open: &F,
         what: &str,
-    ) -> Result<Pushed, RegistryError>
-    where
-        F: Fn() -> S,
-        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-    {
+    ) -> Result<Option<String>, RegistryError> {
         let base = self.base_url(image);
         let mut start = format!("{base}/blobs/uploads/");
         if let Some(repo) = from {
@@ -596,7 +599,7 @@ impl Client {
             })
             .await?;
         if resp.status() == StatusCode::CREATED && from.is_some() {
-            return Ok(Pushed::Mounted);
+            return Ok(None);
         }
         // 202 also answers a refused mount: the registry opened a normal
         // upload session instead, and we use it.
@@ -607,8 +610,23 @@ impl Client {
                 reason: "upload session has no Location".to_string(),
             }
         })?;
-        let put_url = upload_url(&base, &location, digest)?;
+        upload_url(&base, &location, digest).map(Some)
+    }
 
+    /// Sends a blob's bytes to an open upload session in one request.
+    async fn put_blob<S, F>(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        open: &F,
+        what: &str,
+        put_url: &str,
+    ) -> Result<(), RegistryError>
+    where
+        F: Fn() -> S,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         // One streamed PUT: distribution's per-request cost makes many small
         // PATCHes slow, and a single request is as resumable as a chunk
         // (a failed attempt starts a new session).
@@ -623,7 +641,7 @@ impl Client {
         let mut request = self
             .inner
             .http
-            .put(&put_url)
+            .put(put_url)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
             .body(reqwest::Body::wrap_stream(body));
@@ -660,7 +678,7 @@ impl Client {
                 reason: format!("registry stored it as {theirs}"),
             });
         }
-        Ok(Pushed::Uploaded)
+        Ok(())
     }
 }
 
@@ -682,6 +700,7 @@ pub struct BlobReader {
     response: Option<Response>,
     /// Bytes of a restarted (200, not 206) answer already yielded before.
     skip: u64,
+    /// Connections lost mid-body so far, each resumed once.
     failures: u32,
 }
 
@@ -697,15 +716,9 @@ impl BlobReader {
                 return Ok(None);
             };
             if self.response.is_none() {
-                match self.open(offset).await {
-                    Ok(r) => self.response = Some(r),
-                    Err(e) if e.is_transient() && self.failures < policy.retries => {
-                        self.failures += 1;
-                        tokio::time::sleep(policy.backoff(self.failures, None)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+                // `send` retried the request itself as often as the policy
+                // allows: a failure here is final, or retries would square.
+                self.response = Some(self.open(offset).await?);
             }
             let resp = self.response.as_mut().expect("response set above");
             let verifier = self.verifier.as_mut().expect("checked above");

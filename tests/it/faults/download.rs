@@ -132,6 +132,9 @@ fn a_blob_that_keeps_failing_fails_only_its_image() {
         assert!(!blob_file(&work.bundle(), &d).exists(), "manifest {d}");
     }
     assert_only_whole_blobs(&work.bundle());
+    // --retries 2 means three attempts in all, not three per layer of code.
+    let tries = proxy.requests(&Match::blob(&layer).method("GET")).len();
+    assert_eq!(tries, 3, "{layer} was asked for {tries} times");
 }
 
 #[test]

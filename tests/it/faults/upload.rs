@@ -83,25 +83,40 @@ fn an_upload_that_keeps_failing_pushes_no_tag_for_its_image() {
     let proxy = Faulty::start(&dst);
     let bad = image(&src, "team/bad", 42);
     let good = image(&src, "team/good", 43);
+    let closed = image(&src, "team/closed", 45);
     let work = Work::new();
-    bundle_of(&work, &[&bad, &good]);
+    bundle_of(&work, &[&bad, &good, &closed]);
     let layer = bad.manifests[0].layers[1].digest.clone();
     proxy.always(put_of(&layer), Fault::ServerError(503));
+    let sessions = Match::path_contains("/team/closed/blobs/uploads/").method("POST");
+    proxy.always(sessions.clone(), Fault::ServerError(503));
 
     let err = failed_cleanly(import(&work, &proxy.host(), &["--retries", "1"]));
 
-    let line = err
-        .lines()
-        .find(|l| l.contains("team/bad"))
-        .unwrap_or_else(|| panic!("no line names the image:\n{err}"));
+    let line_of = |repo: &str| {
+        err.lines()
+            .find(|l| l.contains(repo))
+            .unwrap_or_else(|| panic!("no line names {repo}:\n{err}"))
+            .to_string()
+    };
+    let line = line_of("team/bad");
     assert!(line.contains(&layer) && line.contains("503"), "{line}");
-    assert_eq!(
-        images::try_get_manifest(&dst, "team/bad", "v1").map(|m| m.bytes),
-        None
-    );
-    assert!(images::list_tags(&dst, "team/bad").is_empty());
-    let pushed = proxy.requests(&Match::path_contains("/team/bad/manifests/").method("PUT"));
-    assert!(pushed.is_empty(), "{pushed:?}");
+    assert!(line_of("team/closed").contains("503"));
+    for repo in ["team/bad", "team/closed"] {
+        assert!(images::list_tags(&dst, repo).is_empty(), "{repo}");
+        let pushed =
+            proxy.requests(&Match::path_contains(&format!("/{repo}/manifests/")).method("PUT"));
+        assert!(pushed.is_empty(), "{pushed:?}");
+    }
+    // --retries 1: two attempts at each upload, whichever of its requests
+    // fails, not two per layer of retrying code.
     assert_eq!(proxy.requests(&put_of(&layer)).len(), 2);
+    let opened = proxy.requests(&sessions).len();
+    let blobs = closed.blob_digests().len();
+    assert_eq!(
+        opened,
+        2 * blobs,
+        "{opened} session requests for {blobs} blobs"
+    );
     assert_landed(&dst, "team/good", &good);
 }
