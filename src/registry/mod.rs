@@ -555,6 +555,7 @@ impl Client {
         );
         let policy = self.inner.options.retry;
         let mut attempt = 0;
+        let mut reauthed = false;
         loop {
             // `send` has already retried the session request as often as
             // the policy allows; only the PUT, whose streamed body `send`
@@ -568,6 +569,15 @@ impl Client {
                 .await
             {
                 Ok(()) => return Ok(Pushed::Uploaded),
+                // The token can expire between the session request and the
+                // PUT, which does not go through `send` and its renewal:
+                // renew it here, once, and start over in a new session.
+                Err(RegistryError::Denied { status, .. })
+                    if status == StatusCode::UNAUTHORIZED && !reauthed =>
+                {
+                    reauthed = true;
+                    self.forget_auth(image, Access::Push);
+                }
                 Err(e) if e.is_transient() && attempt < policy.retries => {
                     attempt += 1;
                     let wait = policy.backoff(attempt, None);
@@ -661,12 +671,12 @@ impl Client {
             what: what.to_string(),
             source: e.without_url(),
         })?;
-        if retryable_status(resp.status()) {
-            let status = resp.status();
-            return Err(RegistryError::Status {
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Denied {
                 what: what.to_string(),
+                registry: image.registry().to_string(),
                 status,
-                detail: error_detail(resp).await,
             });
         }
         let resp = check_status(resp, what).await?;

@@ -2,7 +2,7 @@
 //! lets tokens expire between the requests of one upload.
 
 use super::{LAYER, Work, failed_cleanly};
-use crate::support::faulty::{Fault, Faulty, Match};
+use crate::support::faulty::{Fault, Faulty, Match, TokenAuth};
 use crate::support::images::{self, PushedImage};
 use crate::support::registry::Registry;
 
@@ -119,4 +119,45 @@ fn an_upload_that_keeps_failing_pushes_no_tag_for_its_image() {
         "{opened} session requests for {blobs} blobs"
     );
     assert_landed(&dst, "team/good", &good);
+}
+
+#[test]
+fn a_token_that_expires_between_the_requests_of_an_upload_is_renewed() {
+    let src = Registry::start();
+    let dst = Registry::start();
+    // Three requests a token, one upload at a time: the push token goes
+    // on a POST, a PUT and the next POST, so the PUT after that meets it
+    // expired (HEADs use a pull token of their own).
+    let auth = TokenAuth {
+        uses: Some(3),
+        ..TokenAuth::new("erin", "upl0ad-pass")
+    };
+    let proxy = Faulty::with_token_auth(&dst, auth);
+    let img = image(&src, "team/tok", 44);
+    let work = Work::new();
+    bundle_of(&work, &[&img]);
+
+    work.airlock()
+        .args([
+            "import",
+            "--plain-http",
+            "-j",
+            "1",
+            "--username",
+            "erin",
+            "--password-stdin",
+        ])
+        .arg(work.bundle())
+        .args(["--to", &proxy.host()])
+        .write_stdin("upl0ad-pass")
+        .assert()
+        .success();
+
+    assert_landed(&dst, "team/tok", &img);
+    let puts: Vec<u16> = proxy
+        .requests(&Match::uploads().method("PUT"))
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(puts, [201, 401, 201, 401, 201]);
 }
