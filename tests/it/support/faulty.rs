@@ -16,7 +16,9 @@
 //!
 //! With [`TokenAuth`] the proxy is also the registry's token server: it
 //! demands `Bearer` tokens it issued itself from `/token` against Basic
-//! credentials, and can expire them after a number of uses. A second
+//! credentials, and can expire them after a number of uses. Rules are
+//! applied before auth, as by a load balancer in front of both, so the
+//! token server and the `/v2/` probe can fail too. A second
 //! listener on another loopback address (the "mirror", a stand-in for a
 //! CDN a registry redirects blob downloads to) serves the same content and
 //! records what it was sent.
@@ -60,6 +62,7 @@ enum PathMatch {
     Manifest(String),
     Uploads,
     Contains(String),
+    Exactly(String),
 }
 
 impl Match {
@@ -89,6 +92,11 @@ impl Match {
         Match::on(PathMatch::Contains(text.to_string()))
     }
 
+    /// Requests for exactly this path (query aside), e.g. `/v2/`.
+    pub fn path_is(path: &str) -> Match {
+        Match::on(PathMatch::Exactly(path.to_string()))
+    }
+
     /// The same, but only for requests with `method` (`"GET"`, `"PUT"`..).
     pub fn method(mut self, method: &str) -> Match {
         self.method = Some(Method::from_bytes(method.as_bytes()).expect("an HTTP method"));
@@ -113,6 +121,7 @@ impl Match {
             PathMatch::Manifest(r) => path.ends_with(&format!("/manifests/{r}")),
             PathMatch::Uploads => path.contains("/blobs/uploads/"),
             PathMatch::Contains(text) => path_and_query.contains(text.as_str()),
+            PathMatch::Exactly(p) => path == p,
         }
     }
 }
@@ -503,16 +512,10 @@ async fn respond(
     if listener == Listener::Mirror {
         return forward(state, req, None).await;
     }
-    if let Some(auth) = &state.auth {
-        if entry.path.starts_with("/token") {
-            return Ok(issue_token(state, auth, req.headers()));
-        }
-        if !spend_token(state, req.headers()) {
-            return Ok(challenge(state));
-        }
-    }
+    // Faults come first, as from a load balancer in front of the registry
+    // and its token server; what passes them meets auth in `deliver`.
     let Some(fault) = take_fault(state, &entry.method, &entry.path) else {
-        return forward(state, req, None).await;
+        return deliver(state, req, None).await;
     };
     entry.fault = Some(fault.name());
     match fault {
@@ -526,7 +529,7 @@ async fn respond(
         }
         Fault::Delay(wait) => {
             tokio::time::sleep(wait).await;
-            forward(state, req, None).await
+            deliver(state, req, None).await
         }
         Fault::ReplaceBody {
             body,
@@ -574,12 +577,35 @@ async fn respond(
         Fault::IgnoreRange => {
             let (mut parts, body) = req.into_parts();
             parts.headers.remove(header::RANGE);
-            forward(state, Request::from_parts(parts, body), None).await
+            deliver(state, Request::from_parts(parts, body), None).await
         }
         body_fault @ (Fault::TruncateBody(_) | Fault::CorruptBody) => {
-            forward(state, req, Some(body_fault)).await
+            deliver(state, req, Some(body_fault)).await
         }
     }
+}
+
+/// Whether a request is for the token server (in token auth mode).
+fn is_token_request(state: &State, path: &str) -> bool {
+    state.auth.is_some() && path.starts_with("/token")
+}
+
+/// What a request gets past the faults: a token from the token server, a
+/// challenge without a live token, else the upstream registry's answer.
+async fn deliver(
+    state: &State,
+    req: Request<Incoming>,
+    body_fault: Option<Fault>,
+) -> Result<Response<Body>, std::io::Error> {
+    if let Some(auth) = &state.auth {
+        if is_token_request(state, req.uri().path()) {
+            return Ok(issue_token(state, auth, req.headers()));
+        }
+        if !spend_token(state, req.headers()) {
+            return Ok(challenge(state));
+        }
+    }
+    forward(state, req, body_fault).await
 }
 
 /// The first rule that matches and still applies, counted as used.
