@@ -1,10 +1,11 @@
 //! The registry client: the distribution protocol as airlock uses it.
 //!
-//! oci-client obtains bearer tokens (the challenge and token dance); the
-//! requests themselves are ours, over the same reqwest, because oci-client
-//! hides what we must see and control: the Content-Type of a manifest, the
-//! status and `Retry-After` of a failed answer, resumable blob reads, one
-//! streamed PUT per upload, and mounts that the registry refuses with 202.
+//! Every request is ours, over one reqwest client, the token dance
+//! included ([`auth::fetch_token`]), because oci-client hides what we must
+//! see and control: the Content-Type of a manifest, the status and
+//! `Retry-After` of a failed answer (a token server's 503 among them),
+//! resumable blob reads, one streamed PUT per upload, and mounts that the
+//! registry refuses with 202.
 //!
 //! Invariant: every body this module hands out as "fetched" or reports as
 //! "pushed" went through a [`Verifier`] for the digest it was asked for.
@@ -19,9 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use oci_client::RegistryOperation;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
@@ -141,7 +139,6 @@ pub struct Client {
 
 struct Inner {
     http: reqwest::Client,
-    oci: oci_client::Client,
     options: ConnectOptions,
     /// Auth headers per (registry, repository, access).
     auth: Mutex<HashMap<(String, String, Access), AuthHeader>>,
@@ -150,7 +147,6 @@ struct Inner {
 impl Client {
     /// Builds a client; a bad CA file is an error here, not a silent default.
     pub fn new(options: ConnectOptions) -> Result<Client, RegistryError> {
-        let mut certs = Vec::new();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
@@ -172,10 +168,6 @@ impl Client {
             for cert in parsed {
                 builder = builder.add_root_certificate(cert);
             }
-            certs.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem,
-            });
         }
         if options.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
@@ -184,36 +176,27 @@ impl Client {
             .build()
             .map_err(|e| RegistryError::Setup(e.to_string()))?;
 
-        let config = ClientConfig {
-            protocol: if options.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: options.insecure,
-            extra_root_certificates: certs,
-            ..ClientConfig::default()
-        };
-        // try_from, not new: new() falls back to a default config on error.
-        let oci = oci_client::Client::try_from(config)
-            .map_err(|e| RegistryError::Setup(e.to_string()))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                oci,
                 options,
                 auth: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    fn base_url(&self, image: &ImageRef) -> String {
+    /// `scheme://host[:port]` of the image's registry.
+    fn origin(&self, image: &ImageRef) -> String {
         let scheme = if self.inner.options.plain_http {
             "http"
         } else {
             "https"
         };
-        format!("{scheme}://{}/v2/{}", image.api_host(), image.repository())
+        format!("{scheme}://{}", image.api_host())
+    }
+
+    fn base_url(&self, image: &ImageRef) -> String {
+        format!("{}/v2/{}", self.origin(image), image.repository())
     }
 
     /// Works out (once per repository and access) which header to send.
@@ -232,38 +215,29 @@ impl Client {
             return Ok(h.clone());
         }
         let creds = self.inner.options.credentials.lookup(image.registry());
-        let registry_auth = match &creds {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
+        let scope = match access {
+            Access::Pull => format!("repository:{}:pull", image.repository()),
+            Access::Push => format!("repository:{}:pull,push", image.repository()),
         };
-        let oci_ref = oci_client::Reference::with_tag(
-            image.api_host().to_string(),
-            image.repository().to_string(),
-            "latest".to_string(),
-        );
-        let op = match access {
-            Access::Pull => RegistryOperation::Pull,
-            Access::Push => RegistryOperation::Push,
-        };
-        // The challenge and token requests are oci-client's, and it retries
-        // nothing: retry transport failures here like any other request.
+        let origin = self.origin(image);
+        // The token server is a server like any other: it throttles and
+        // fails, and its 429 and 5xx are retried as the registry's are.
         let policy = self.inner.options.retry;
         let mut attempt = 0;
         let token = loop {
-            match self.inner.oci.auth(&oci_ref, &registry_auth, op).await {
+            match auth::fetch_token(&self.inner.http, &origin, &scope, creds.as_ref()).await {
                 Ok(token) => break token,
-                Err(oci_client::errors::OciDistributionError::RequestError(e))
-                    if retryable_error(&e) && attempt < policy.retries =>
-                {
+                Err(f) if f.transient && attempt < policy.retries => {
                     attempt += 1;
-                    tracing::debug!("{what}: auth request failed ({e}); retry {attempt}");
-                    tokio::time::sleep(policy.backoff(attempt, None)).await;
+                    let wait = policy.backoff(attempt, f.headers.as_ref());
+                    tracing::debug!("{what}: {}; retry {attempt} in {wait:?}", f.reason);
+                    tokio::time::sleep(wait).await;
                 }
-                Err(e) => {
+                Err(f) => {
                     return Err(RegistryError::Auth {
                         what: what.to_string(),
                         registry: image.registry().to_string(),
-                        reason: auth_reason(&e, self.inner.options.plain_http),
+                        reason: f.reason,
                     });
                 }
             }
@@ -1013,25 +987,6 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// oci-client's auth errors, without anything a token server echoed back
-/// that could hold a secret.
-fn auth_reason(e: &oci_client::errors::OciDistributionError, plain_http: bool) -> String {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::AuthenticationFailure(_) => "the token server refused the credentials. Check them \
-             (docker login, --username with --password-stdin)"
-            .to_string(),
-        E::RequestError(r) => {
-            let mut text = crate::error_chain(r);
-            if !plain_http && text.contains("InvalidContentType") {
-                text.push_str(". If the registry speaks plain HTTP, pass --plain-http");
-            }
-            text
-        }
-        other => crate::error_chain(other),
-    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,44 @@ fn a_token_that_expires_mid_run_is_renewed() {
 }
 
 #[test]
+fn a_failed_auth_probe_is_asked_again_and_no_password_goes_as_basic() {
+    let reg = Registry::start();
+    let proxy = Faulty::with_token_auth(&reg, TokenAuth::new(USER, PASSWORD));
+    let img = image(&reg, "team/probe", 27);
+    // A 503 from in front of the registry names no challenge: it says
+    // nothing about how to authenticate.
+    let probe = Match::path_is("/v2/");
+    proxy.first(1, probe.clone(), Fault::ServerError(503));
+    let work = Work::new();
+
+    export_with_password(&work, PASSWORD, &["-j", "1", &proxy.reference(&img)]).success();
+
+    assert_exported(&work.bundle(), &proxy.reference(&img), &img);
+    let statuses: Vec<u16> = proxy.requests(&probe).iter().map(|r| r.status).collect();
+    assert_eq!(statuses[..2], [503, 401]);
+    for r in proxy.requests(&Match::path_contains("/team/probe/")) {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer"), "{r:?}");
+    }
+}
+
+#[test]
+fn a_token_server_that_fails_for_a_moment_is_asked_again() {
+    let reg = Registry::start();
+    let proxy = Faulty::with_token_auth(&reg, TokenAuth::new(USER, PASSWORD));
+    let img = image(&reg, "team/busyauth", 26);
+    let token = Match::path_contains("/token?");
+    proxy.first(1, token.clone(), Fault::ServerError(503));
+    proxy.first(1, token.clone(), Fault::too_many_requests("0"));
+    let work = Work::new();
+
+    export_with_password(&work, PASSWORD, &[&proxy.reference(&img)]).success();
+
+    assert_exported(&work.bundle(), &proxy.reference(&img), &img);
+    let statuses: Vec<u16> = proxy.requests(&token).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 429, 200]);
+}
+
+#[test]
 fn redirected_blob_reads_reach_the_mirror_without_credentials() {
     let reg = Registry::start();
     let proxy = Faulty::with_token_auth(&reg, TokenAuth::new(USER, PASSWORD));
@@ -215,4 +253,22 @@ fn basic_auth_credentials_come_from_flags_docker_config_and_podman_auth_file() {
         .assert()
         .success();
     assert_exported(&work.bundle(), &img.reference(), &img);
+}
+
+#[test]
+fn https_spoken_to_a_plain_http_registry_says_to_pass_plain_http() {
+    let reg = Registry::start();
+    let work = Work::new();
+    let reference = format!("{}/team/none:v1", reg.host());
+
+    let a = work
+        .airlock()
+        .args(["export", "-o"])
+        .arg(work.bundle())
+        .arg(&reference)
+        .assert();
+    let err = failed_cleanly(a);
+
+    let line = err.lines().find(|l| l.contains(&reference)).unwrap_or(&err);
+    assert!(line.contains("pass --plain-http"), "{err}");
 }
