@@ -684,7 +684,7 @@ pub struct BlobReader {
     response: Option<Response>,
     /// Bytes of a restarted (200, not 206) answer already yielded before.
     skip: u64,
-    /// Connections lost mid-body so far, each resumed once.
+    /// Connections lost mid-body since the last byte arrived.
     failures: u32,
 }
 
@@ -722,6 +722,10 @@ impl BlobReader {
                             what: self.what.clone(),
                             source,
                         })?;
+                    // The budget is for drops in a row: a link that keeps
+                    // failing but moves the download on each time is
+                    // followed to the end (the blob's size bounds it).
+                    self.failures = 0;
                     return Ok(Some(chunk));
                 }
                 Ok(None) => {

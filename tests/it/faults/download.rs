@@ -161,6 +161,46 @@ fn a_connection_dropped_mid_blob_resumes_from_where_it_stopped() {
 }
 
 #[test]
+fn a_connection_that_keeps_dropping_is_followed_while_it_makes_progress() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = image(&reg, "team/unsteady", 10);
+    let dead = image(&reg, "team/dead", 11);
+    let layer = img.manifests[0].layers[0].digest.clone();
+    // Every answer is cut after an eighth of the layer's file: eight drops,
+    // more than --retries 3 allows in a row, but each one after progress.
+    let piece = LAYER / 8;
+    proxy.always(Match::blob(&layer), Fault::TruncateBody(piece));
+    // This one drops every time before its first byte.
+    let stuck = dead.manifests[0].layers[0].digest.clone();
+    proxy.always(Match::blob(&stuck), Fault::TruncateBody(0));
+    let work = Work::new();
+
+    let err = failed_cleanly(work.export(&[
+        "--retries",
+        "3",
+        &proxy.reference(&img),
+        &proxy.reference(&dead),
+    ]));
+
+    assert_exported(&work.bundle(), &proxy.reference(&img), &img);
+    let ranges: Vec<Option<String>> = proxy
+        .requests(&Match::blob(&layer))
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    let size = img.manifests[0].layers[0].size as usize;
+    let expected: Vec<Option<String>> = (0..size.div_ceil(piece))
+        .map(|i| (i > 0).then(|| format!("bytes={}-", i * piece)))
+        .collect();
+    assert_eq!(ranges, expected);
+
+    let line = err.lines().find(|l| l.contains(&proxy.reference(&dead)));
+    assert!(line.is_some_and(|l| l.contains(&stuck)), "{err}");
+    assert_eq!(proxy.requests(&Match::blob(&stuck)).len(), 4);
+}
+
+#[test]
 fn a_resume_answered_from_the_start_skips_what_already_arrived() {
     let reg = Registry::start();
     let proxy = Faulty::start(&reg);
