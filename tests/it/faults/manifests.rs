@@ -64,11 +64,16 @@ fn bad_manifests_fail_their_image_clearly_and_write_nothing_outside_the_bundle()
     push_nested(&reg, "deep4", 4, &base);
     push_nested(&reg, "deep5", 5, &base);
 
-    serve_at(
-        &proxy,
-        "json",
-        format!(r#"{{"schemaVersion":2,{m},"config":"#),
-        OCI_MANIFEST,
+    let broken = format!(r#"{{"schemaVersion":2,{m},"config":"#);
+    serve_at(&proxy, "json", broken.clone(), OCI_MANIFEST);
+    // The same without Docker-Content-Digest: read by tag, still refused.
+    proxy.always(
+        Match::manifest("json-bare"),
+        Fault::ReplaceBody {
+            body: broken.into(),
+            content_type: OCI_MANIFEST.into(),
+            digest: None,
+        },
     );
     let pad = "x".repeat(4 << 20);
     let big = format!(r#"{{"schemaVersion":2,{m},"annotations":{{"pad":"{pad}"}}}}"#);
@@ -124,6 +129,7 @@ fn bad_manifests_fail_their_image_clearly_and_write_nothing_outside_the_bundle()
 
     let cases = [
         ("json", "not valid JSON".to_string()),
+        ("json-bare", "not valid JSON".to_string()),
         ("big", "4194304-byte manifest limit".to_string()),
         ("unknown", format!("unknown media type \"{odd}\"")),
         ("dotdot", format!("invalid digest \"{dotdot}\"")),
@@ -152,4 +158,30 @@ fn bad_manifests_fail_their_image_clearly_and_write_nothing_outside_the_bundle()
         }
     }
     assert!(!std::path::Path::new("/tmp/airlock-escape").exists());
+}
+
+#[test]
+fn a_registry_that_sends_no_digest_header_is_read_by_tag_and_verified_by_hash() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = images::push_multiarch_oci(&reg, REPO, "v1", 32, &["linux/amd64"], 1024);
+    proxy.always(
+        Match::manifest("v1"),
+        Fault::ReplaceBody {
+            body: img.bytes.clone().into(),
+            content_type: img.media_type.clone(),
+            digest: None,
+        },
+    );
+    let work = Work::new();
+
+    work.export(&[&proxy.reference(&img)]).success();
+
+    super::assert_exported(&work.bundle(), &proxy.reference(&img), &img);
+    let methods: Vec<String> = proxy
+        .requests(&Match::manifest("v1"))
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, ["HEAD", "GET"]);
 }
