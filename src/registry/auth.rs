@@ -157,8 +157,8 @@ fn challenge_params(text: &str) -> Vec<(String, String)> {
 pub struct TokenFailure {
     /// Worth asking again: a 429 or 5xx, or a lost connection.
     pub transient: bool,
-    /// The failed answer's headers, for `Retry-After`.
-    pub headers: Option<reqwest::header::HeaderMap>,
+    /// How long the failed answer asked us to wait (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
     /// Says what failed; never holds what was sent or what the server said.
     pub reason: String,
 }
@@ -219,7 +219,7 @@ pub async fn fetch_token(
         };
         return Err(TokenFailure {
             transient: false,
-            headers: None,
+            retry_after: None,
             reason: reason.to_string(),
         });
     }
@@ -234,14 +234,14 @@ pub async fn fetch_token(
     let body = resp.bytes().await.map_err(transport_failure)?;
     let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| TokenFailure {
         transient: false,
-        headers: None,
+        retry_after: None,
         reason: format!("the token server's answer is not a token: {e}"),
     })?;
     match answer.token.or(answer.access_token) {
         Some(t) if !t.is_empty() => Ok(Some(t)),
         _ => Err(TokenFailure {
             transient: false,
-            headers: None,
+            retry_after: None,
             reason: "the token server's answer holds no token".to_string(),
         }),
     }
@@ -251,7 +251,7 @@ fn status_failure(who: &str, resp: reqwest::Response) -> TokenFailure {
     let status = resp.status();
     TokenFailure {
         transient: super::retry::retryable_status(status),
-        headers: Some(resp.headers().clone()),
+        retry_after: super::retry::retry_after(resp.headers()),
         reason: format!("{who} answered {status}"),
     }
 }
@@ -264,7 +264,7 @@ fn transport_failure(e: reqwest::Error) -> TokenFailure {
     }
     TokenFailure {
         transient: super::retry::retryable_error(&e),
-        headers: None,
+        retry_after: None,
         reason,
     }
 }

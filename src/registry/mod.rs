@@ -27,7 +27,7 @@ use crate::digest::{Digest, Verifier, VerifyError};
 use crate::manifest::{ACCEPT as MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 use crate::reference::ImageRef;
 use auth::{CredentialSource, Credentials};
-use retry::{RetryPolicy, retryable_error, retryable_status};
+use retry::{RetryPolicy, retry_after, retryable_error, retryable_status};
 
 /// A registry request that failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub enum RegistryError {
         what: String,
         status: StatusCode,
         detail: String,
+        /// How long the registry asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     #[error("{what}: not found")]
     NotFound { what: String },
@@ -89,6 +91,15 @@ impl RegistryError {
             RegistryError::Transport { .. } => true,
             RegistryError::Status { status, .. } => retryable_status(*status),
             _ => false,
+        }
+    }
+
+    /// How long the registry asked us to wait before asking again, if it
+    /// said (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -229,7 +240,7 @@ impl Client {
                 Ok(token) => break token,
                 Err(f) if f.transient && attempt < policy.retries => {
                     attempt += 1;
-                    let wait = policy.backoff(attempt, f.headers.as_ref());
+                    let wait = policy.backoff(attempt, f.retry_after);
                     tracing::debug!("{what}: {}; retry {attempt} in {wait:?}", f.reason);
                     tokio::time::sleep(wait).await;
                 }
@@ -305,14 +316,15 @@ impl Client {
                 }
                 Ok(resp) if retryable_status(resp.status()) => {
                     let status = resp.status();
-                    let headers = resp.headers().clone();
+                    let retry_after = retry_after(resp.headers());
                     let detail = error_detail(resp).await;
                     (
-                        Some(headers),
+                        retry_after,
                         RegistryError::Status {
                             what: what.to_string(),
                             status,
                             detail,
+                            retry_after,
                         },
                     )
                 }
@@ -332,11 +344,11 @@ impl Client {
                 }
             };
             attempt += 1;
-            let (headers, err) = failure;
+            let (asked, err) = failure;
             if attempt > policy.retries {
                 return Err(err);
             }
-            let wait = policy.backoff(attempt, headers.as_ref());
+            let wait = policy.backoff(attempt, asked);
             tracing::debug!("{err}; retry {attempt}/{} in {wait:?}", policy.retries);
             tokio::time::sleep(wait).await;
         }
@@ -554,7 +566,7 @@ impl Client {
                 }
                 Err(e) if e.is_transient() && attempt < policy.retries => {
                     attempt += 1;
-                    let wait = policy.backoff(attempt, None);
+                    let wait = policy.backoff(attempt, e.retry_after());
                     tracing::debug!("{e}; starting the upload again in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }
@@ -915,10 +927,12 @@ async fn check_status(resp: Response, what: &str) -> Result<Response, RegistryEr
             what: what.to_string(),
         });
     }
+    let retry_after = retry_after(resp.headers());
     Err(RegistryError::Status {
         what: what.to_string(),
         status,
         detail: error_detail(resp).await,
+        retry_after,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Import into a registry that fails uploads, drops them halfway, and
 //! lets tokens expire between the requests of one upload.
 
+use std::time::Duration;
+
 use super::{LAYER, Work, failed_cleanly};
 use crate::support::faulty::{Fault, Faulty, Match, TokenAuth};
 use crate::support::images::{self, PushedImage};
@@ -74,6 +76,27 @@ fn uploads_that_fail_or_drop_are_retried_and_land_every_digest() {
     assert_eq!(statuses(&put_of(&layers[0].digest)), [0, 201]);
     assert_eq!(statuses(&put_of(&layers[1].digest)), [503, 503, 201]);
     assert_eq!(statuses(&tag_put), [502, 201]);
+}
+
+#[test]
+fn a_throttled_upload_waits_as_long_as_retry_after_says() {
+    let src = Registry::start();
+    let dst = Registry::start();
+    let proxy = Faulty::start(&dst);
+    let img = image(&src, "team/throttled", 46);
+    let work = Work::new();
+    bundle_of(&work, &[&img]);
+    let layer = img.manifests[0].layers[0].digest.clone();
+    proxy.first(1, put_of(&layer), Fault::too_many_requests("1"));
+
+    import(&work, &proxy.host(), &[]).success();
+
+    assert_landed(&dst, "team/throttled", &img);
+    let puts = proxy.requests(&put_of(&layer));
+    let statuses: Vec<u16> = puts.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 201]);
+    let gap = puts[1].at - puts[0].at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
 }
 
 #[test]
