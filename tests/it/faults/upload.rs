@@ -65,6 +65,8 @@ fn uploads_that_fail_or_drop_are_retried_and_land_every_digest() {
     proxy.first(2, sessions.clone(), Fault::ServerError(503));
     proxy.first(1, put_of(&layers[0].digest), Fault::DropRequest(LAYER / 2));
     proxy.first(2, put_of(&layers[1].digest), Fault::ServerError(503));
+    let child_put = Match::manifest(&img.manifests[0].digest).method("PUT");
+    proxy.first(1, child_put.clone(), Fault::DropRequest(16));
     let tag_put = Match::manifest("v1").method("PUT");
     proxy.first(1, tag_put.clone(), Fault::ServerError(502));
 
@@ -75,6 +77,7 @@ fn uploads_that_fail_or_drop_are_retried_and_land_every_digest() {
     assert_eq!(statuses(&sessions)[..3], [503, 503, 202]);
     assert_eq!(statuses(&put_of(&layers[0].digest)), [0, 201]);
     assert_eq!(statuses(&put_of(&layers[1].digest)), [503, 503, 201]);
+    assert_eq!(statuses(&child_put), [0, 201]);
     assert_eq!(statuses(&tag_put), [502, 201]);
 }
 
