@@ -277,3 +277,30 @@ fn corrupted_blob_bytes_fail_the_image_and_leave_nothing() {
     assert_exported(&work.bundle(), &proxy.reference(&good), &good);
     assert_only_whole_blobs(&work.bundle());
 }
+
+#[test]
+fn blobs_are_fetched_as_many_at_a_time_as_jobs_allows() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = image(&reg, "team/parallel", 12);
+    let blobs = Match::path_contains("/blobs/sha256:").method("GET");
+    let slow = Duration::from_millis(300);
+    proxy.always(blobs.clone(), Fault::Delay(slow));
+
+    for (jobs, together) in [("3", true), ("1", false)] {
+        proxy.clear_log();
+        let work = Work::new();
+        work.export(&["-j", jobs, &proxy.reference(&img)]).success();
+        assert_exported(&work.bundle(), &proxy.reference(&img), &img);
+
+        // Three slow blobs: asked for at once, or each after the last.
+        let at: Vec<_> = proxy.requests(&blobs).iter().map(|r| r.at).collect();
+        assert_eq!(at.len(), 3);
+        let spread = at[2] - at[0];
+        if together {
+            assert!(spread < slow / 2, "-j {jobs}: spread over {spread:?}");
+        } else {
+            assert!(spread >= slow * 2, "-j {jobs}: spread over {spread:?}");
+        }
+    }
+}
