@@ -1,5 +1,5 @@
 //! airlock against registries that misbehave, through the fault-injecting
-//! proxy of `support::faulty` (issue #4).
+//! proxy of `support::faulty`.
 //!
 //! Every test runs the real binary and checks both the outcome (exit code,
 //! the layout or the target registry, byte for byte) and the conversation

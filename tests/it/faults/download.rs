@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::{LAYER, Work, assert_exported, assert_only_whole_blobs, blob_file, failed_cleanly};
 use crate::support::faulty::{Fault, Faulty, Match};
 use crate::support::images::{self, PushedImage};
+use crate::support::layout::check_oci_layout;
 use crate::support::registry::Registry;
 
 /// An index over one linux/amd64 manifest: a config and two layers.
@@ -125,7 +126,7 @@ fn a_blob_that_keeps_failing_fails_only_its_image() {
     assert!(line.contains(&layer) && line.contains("503"), "{line}");
     assert!(err.contains("1 of 2 images"), "{err}");
     assert_exported(&work.bundle(), &proxy.reference(&good), &good);
-    let report = crate::support::layout::check_oci_layout(work.bundle());
+    let report = check_oci_layout(work.bundle());
     assert!(!report.refs.contains_key(&proxy.reference(&bad)));
     assert!(!blob_file(&work.bundle(), &layer).exists());
     for d in bad.all_manifest_digests() {
@@ -266,7 +267,7 @@ fn corrupted_blob_bytes_fail_the_image_and_leave_nothing() {
     for d in img.all_manifest_digests() {
         assert!(!blob_file(&work.bundle(), &d).exists(), "manifest {d}");
     }
-    let index = super::super::export::index_json(&work.bundle());
+    let index = crate::export::index_json(&work.bundle());
     let names: Vec<&str> = index["manifests"]
         .as_array()
         .unwrap()
