@@ -1,10 +1,11 @@
 //! The registry client: the distribution protocol as airlock uses it.
 //!
-//! oci-client obtains bearer tokens (the challenge and token dance); the
-//! requests themselves are ours, over the same reqwest, because oci-client
-//! hides what we must see and control: the Content-Type of a manifest, the
-//! status and `Retry-After` of a failed answer, resumable blob reads, one
-//! streamed PUT per upload, and mounts that the registry refuses with 202.
+//! Every request is ours, over one reqwest client, the token dance
+//! included ([`auth::fetch_token`]), because oci-client hides what we must
+//! see and control: the Content-Type of a manifest, the status and
+//! `Retry-After` of a failed answer (a token server's 503 among them),
+//! resumable blob reads, one streamed PUT per upload, and mounts that the
+//! registry refuses with 202.
 //!
 //! Invariant: every body this module hands out as "fetched" or reports as
 //! "pushed" went through a [`Verifier`] for the digest it was asked for.
@@ -20,9 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use oci_client::RegistryOperation;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
@@ -30,7 +28,7 @@ use crate::digest::{Digest, Verifier, VerifyError};
 use crate::manifest::{ACCEPT as MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 use crate::reference::ImageRef;
 use auth::{CredentialSource, Credentials};
-use retry::{RetryPolicy, retryable_error, retryable_status};
+use retry::{RetryPolicy, retry_after, retryable_error, retryable_status};
 
 /// A registry request that failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +44,8 @@ pub enum RegistryError {
         what: String,
         status: StatusCode,
         detail: String,
+        /// How long the registry asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     #[error("{what}: not found")]
     NotFound { what: String },
@@ -92,6 +92,15 @@ impl RegistryError {
             RegistryError::Transport { .. } => true,
             RegistryError::Status { status, .. } => retryable_status(*status),
             _ => false,
+        }
+    }
+
+    /// How long the registry asked us to wait before asking again, if it
+    /// said (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -142,7 +151,6 @@ pub struct Client {
 
 struct Inner {
     http: reqwest::Client,
-    oci: oci_client::Client,
     options: ConnectOptions,
     /// Auth headers per (registry, repository, access).
     auth: Mutex<HashMap<(String, String, Access), AuthHeader>>,
@@ -151,7 +159,6 @@ struct Inner {
 impl Client {
     /// Builds a client; a bad CA file is an error here, not a silent default.
     pub fn new(options: ConnectOptions) -> Result<Client, RegistryError> {
-        let mut certs = Vec::new();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
@@ -173,10 +180,6 @@ impl Client {
             for cert in parsed {
                 builder = builder.add_root_certificate(cert);
             }
-            certs.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem,
-            });
         }
         if options.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
@@ -185,36 +188,27 @@ impl Client {
             .build()
             .map_err(|e| RegistryError::Setup(e.to_string()))?;
 
-        let config = ClientConfig {
-            protocol: if options.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: options.insecure,
-            extra_root_certificates: certs,
-            ..ClientConfig::default()
-        };
-        // try_from, not new: new() falls back to a default config on error.
-        let oci = oci_client::Client::try_from(config)
-            .map_err(|e| RegistryError::Setup(e.to_string()))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                oci,
                 options,
                 auth: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    fn base_url(&self, image: &ImageRef) -> String {
+    /// `scheme://host[:port]` of the image's registry.
+    fn origin(&self, image: &ImageRef) -> String {
         let scheme = if self.inner.options.plain_http {
             "http"
         } else {
             "https"
         };
-        format!("{scheme}://{}/v2/{}", image.api_host(), image.repository())
+        format!("{scheme}://{}", image.api_host())
+    }
+
+    fn base_url(&self, image: &ImageRef) -> String {
+        format!("{}/v2/{}", self.origin(image), image.repository())
     }
 
     /// Works out (once per repository and access) which header to send.
@@ -233,38 +227,29 @@ impl Client {
             return Ok(h.clone());
         }
         let creds = self.inner.options.credentials.lookup(image.registry());
-        let registry_auth = match &creds {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
+        let scope = match access {
+            Access::Pull => format!("repository:{}:pull", image.repository()),
+            Access::Push => format!("repository:{}:pull,push", image.repository()),
         };
-        let oci_ref = oci_client::Reference::with_tag(
-            image.api_host().to_string(),
-            image.repository().to_string(),
-            "latest".to_string(),
-        );
-        let op = match access {
-            Access::Pull => RegistryOperation::Pull,
-            Access::Push => RegistryOperation::Push,
-        };
-        // The challenge and token requests are oci-client's, and it retries
-        // nothing: retry transport failures here like any other request.
+        let origin = self.origin(image);
+        // The token server is a server like any other: it throttles and
+        // fails, and its 429 and 5xx are retried as the registry's are.
         let policy = self.inner.options.retry;
         let mut attempt = 0;
         let token = loop {
-            match self.inner.oci.auth(&oci_ref, &registry_auth, op).await {
+            match auth::fetch_token(&self.inner.http, &origin, &scope, creds.as_ref()).await {
                 Ok(token) => break token,
-                Err(oci_client::errors::OciDistributionError::RequestError(e))
-                    if retryable_error(&e) && attempt < policy.retries =>
-                {
+                Err(f) if f.transient && attempt < policy.retries => {
                     attempt += 1;
-                    tracing::debug!("{what}: auth request failed ({e}); retry {attempt}");
-                    tokio::time::sleep(policy.backoff(attempt, None)).await;
+                    let wait = policy.backoff(attempt, f.retry_after);
+                    tracing::debug!("{what}: {}; retry {attempt} in {wait:?}", f.reason);
+                    tokio::time::sleep(wait).await;
                 }
-                Err(e) => {
+                Err(f) => {
                     return Err(RegistryError::Auth {
                         what: what.to_string(),
                         registry: image.registry().to_string(),
-                        reason: auth_reason(&e, self.inner.options.plain_http),
+                        reason: f.reason,
                     });
                 }
             }
@@ -332,14 +317,15 @@ impl Client {
                 }
                 Ok(resp) if retryable_status(resp.status()) => {
                     let status = resp.status();
-                    let headers = resp.headers().clone();
+                    let retry_after = retry_after(resp.headers());
                     let detail = error_detail(resp).await;
                     (
-                        Some(headers),
+                        retry_after,
                         RegistryError::Status {
                             what: what.to_string(),
                             status,
                             detail,
+                            retry_after,
                         },
                     )
                 }
@@ -359,11 +345,11 @@ impl Client {
                 }
             };
             attempt += 1;
-            let (headers, err) = failure;
+            let (asked, err) = failure;
             if attempt > policy.retries {
                 return Err(err);
             }
-            let wait = policy.backoff(attempt, headers.as_ref());
+            let wait = policy.backoff(attempt, asked);
             tracing::debug!("{err}; retry {attempt}/{} in {wait:?}", policy.retries);
             tokio::time::sleep(wait).await;
         }
@@ -556,15 +542,32 @@ impl Client {
         );
         let policy = self.inner.options.retry;
         let mut attempt = 0;
+        let mut reauthed = false;
         loop {
+            // `send` has already retried the session request as often as
+            // the policy allows; only the PUT, whose streamed body `send`
+            // cannot repeat, is retried here, each time in a new session.
+            // Retrying both would make N retries into (N+1)^2 attempts.
+            let Some(put_url) = self.open_upload(image, digest, from, &what).await? else {
+                return Ok(Pushed::Mounted);
+            };
             match self
-                .push_blob_once(image, digest, size, from, &open, &what)
+                .put_blob(image, digest, size, &open, &what, &put_url)
                 .await
             {
-                Ok(p) => return Ok(p),
+                Ok(()) => return Ok(Pushed::Uploaded),
+                // The token can expire between the session request and the
+                // PUT, which does not go through `send` and its renewal:
+                // renew it here, once, and start over in a new session.
+                Err(RegistryError::Denied { status, .. })
+                    if status == StatusCode::UNAUTHORIZED && !reauthed =>
+                {
+                    reauthed = true;
+                    self.forget_auth(image, Access::Push);
+                }
                 Err(e) if e.is_transient() && attempt < policy.retries => {
                     attempt += 1;
-                    let wait = policy.backoff(attempt, None);
+                    let wait = policy.backoff(attempt, e.retry_after());
                     tracing::debug!("{e}; starting the upload again in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }
@@ -573,19 +576,15 @@ impl Client {
         }
     }
 
-    async fn push_blob_once<S, F>(
+    /// Opens an upload session (or mounts the blob from `from`); returns
+    /// the URL to PUT the bytes to, or `None` when the mount did it.
+    async fn open_upload(
         &self,
         image: &ImageRef,
         digest: &Digest,
-        size: u64,
         from: Option<&str>,
-        open: &F,
         what: &str,
-    ) -> Result<Pushed, RegistryError>
-    where
-        F: Fn() -> S,
-        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-    {
+    ) -> Result<Option<String>, RegistryError> {
         let base = self.base_url(image);
         let mut start = format!("{base}/blobs/uploads/");
         if let Some(repo) = from {
@@ -597,7 +596,7 @@ impl Client {
             })
             .await?;
         if resp.status() == StatusCode::CREATED && from.is_some() {
-            return Ok(Pushed::Mounted);
+            return Ok(None);
         }
         // 202 also answers a refused mount: the registry opened a normal
         // upload session instead, and we use it.
@@ -608,8 +607,23 @@ impl Client {
                 reason: "upload session has no Location".to_string(),
             }
         })?;
-        let put_url = upload_url(&base, &location, digest)?;
+        upload_url(&base, &location, digest).map(Some)
+    }
 
+    /// Sends a blob's bytes to an open upload session in one request.
+    async fn put_blob<S, F>(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        open: &F,
+        what: &str,
+        put_url: &str,
+    ) -> Result<(), RegistryError>
+    where
+        F: Fn() -> S,
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         // One streamed PUT: distribution's per-request cost makes many small
         // PATCHes slow, and a single request is as resumable as a chunk
         // (a failed attempt starts a new session).
@@ -624,7 +638,7 @@ impl Client {
         let mut request = self
             .inner
             .http
-            .put(&put_url)
+            .put(put_url)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
             .body(reqwest::Body::wrap_stream(body));
@@ -644,12 +658,12 @@ impl Client {
             what: what.to_string(),
             source: e.without_url(),
         })?;
-        if retryable_status(resp.status()) {
-            let status = resp.status();
-            return Err(RegistryError::Status {
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Denied {
                 what: what.to_string(),
+                registry: image.registry().to_string(),
                 status,
-                detail: error_detail(resp).await,
             });
         }
         let resp = check_status(resp, what).await?;
@@ -661,7 +675,7 @@ impl Client {
                 reason: format!("registry stored it as {theirs}"),
             });
         }
-        Ok(Pushed::Uploaded)
+        Ok(())
     }
 }
 
@@ -683,6 +697,7 @@ pub struct BlobReader {
     response: Option<Response>,
     /// Bytes of a restarted (200, not 206) answer already yielded before.
     skip: u64,
+    /// Connections lost mid-body since the last byte arrived.
     failures: u32,
 }
 
@@ -698,15 +713,9 @@ impl BlobReader {
                 return Ok(None);
             };
             if self.response.is_none() {
-                match self.open(offset).await {
-                    Ok(r) => self.response = Some(r),
-                    Err(e) if e.is_transient() && self.failures < policy.retries => {
-                        self.failures += 1;
-                        tokio::time::sleep(policy.backoff(self.failures, None)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+                // `send` retried the request itself as often as the policy
+                // allows: a failure here is final, or retries would square.
+                self.response = Some(self.open(offset).await?);
             }
             let resp = self.response.as_mut().expect("response set above");
             let verifier = self.verifier.as_mut().expect("checked above");
@@ -726,6 +735,10 @@ impl BlobReader {
                             what: self.what.clone(),
                             source,
                         })?;
+                    // The budget is for drops in a row: a link that keeps
+                    // failing but moves the download on each time is
+                    // followed to the end (the blob's size bounds it).
+                    self.failures = 0;
                     return Ok(Some(chunk));
                 }
                 Ok(None) => {
@@ -915,10 +928,12 @@ async fn check_status(resp: Response, what: &str) -> Result<Response, RegistryEr
             what: what.to_string(),
         });
     }
+    let retry_after = retry_after(resp.headers());
     Err(RegistryError::Status {
         what: what.to_string(),
         status,
         detail: error_detail(resp).await,
+        retry_after,
     })
 }
 
@@ -991,25 +1006,6 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// oci-client's auth errors, without anything a token server echoed back
-/// that could hold a secret.
-fn auth_reason(e: &oci_client::errors::OciDistributionError, plain_http: bool) -> String {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::AuthenticationFailure(_) => "the token server refused the credentials. Check them \
-             (docker login, --username with --password-stdin)"
-            .to_string(),
-        E::RequestError(r) => {
-            let mut text = crate::error_chain(r);
-            if !plain_http && text.contains("InvalidContentType") {
-                text.push_str(". If the registry speaks plain HTTP, pass --plain-http");
-            }
-            text
-        }
-        other => crate::error_chain(other),
-    }
 }
 
 #[cfg(test)]

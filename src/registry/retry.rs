@@ -52,9 +52,9 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `attempt` (1-based), unless the server
-    /// named one.
-    pub fn backoff(&self, attempt: u32, headers: Option<&HeaderMap>) -> Duration {
-        if let Some(wait) = headers.and_then(retry_after) {
+    /// named one (its `Retry-After`, as [`retry_after`] reads it).
+    pub fn backoff(&self, attempt: u32, server: Option<Duration>) -> Duration {
+        if let Some(wait) = server {
             return wait.min(MAX_RETRY_AFTER);
         }
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
@@ -168,9 +168,9 @@ mod tests {
         let policy = RetryPolicy::default();
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(policy.backoff(1, Some(&h)), Duration::from_secs(2));
+        assert_eq!(policy.backoff(1, retry_after(&h)), Duration::from_secs(2));
         h.insert(RETRY_AFTER, HeaderValue::from_static("86400"));
-        assert_eq!(policy.backoff(1, Some(&h)), MAX_RETRY_AFTER);
+        assert_eq!(policy.backoff(1, retry_after(&h)), MAX_RETRY_AFTER);
         assert_eq!(policy.backoff(3, None), Duration::from_millis(1000));
         assert_eq!(policy.backoff(30, None), policy.max);
     }

@@ -3,6 +3,7 @@
 
 mod archive;
 mod export;
+mod faults;
 mod harness;
 mod hostile;
 mod import;

@@ -29,6 +29,7 @@
 // a defect here.
 #![allow(dead_code)]
 
+pub mod faulty;
 mod http;
 pub mod images;
 pub mod layout;
