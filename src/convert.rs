@@ -329,18 +329,22 @@ async fn layer_with_diff_id(
         .map_err(|e| ImageError::Invalid(format!("layer {}: {e}", blob.digest)))?;
         return Ok((d, c, false));
     }
-    let mut reader = client.blob_reader(source, &blob.digest, blob.size);
-    let mut temp = layout.begin_blob(&blob.digest).await?;
-    let mut hasher = DiffIdHasher::new();
-    while let Some(chunk) = reader.next_chunk().await? {
-        hasher.update(&chunk).map_err(diff_err)?;
-        temp.write(&chunk).await?;
-        advance(chunk.len() as u64);
-    }
-    // The reader verified the digest before it reported the end.
-    temp.commit().await?;
-    let (d, c) = hasher.finish().map_err(diff_err)?;
-    Ok((d, c, true))
+    client
+        .retry_corrupt(&blob.digest, || async {
+            let mut reader = client.blob_reader(source, &blob.digest, blob.size);
+            let mut temp = layout.begin_blob(&blob.digest).await?;
+            let mut hasher = DiffIdHasher::new();
+            while let Some(chunk) = reader.next_chunk().await? {
+                temp.write(&chunk).await?;
+                advance(chunk.len() as u64);
+                hasher.update(&chunk).map_err(diff_err)?;
+            }
+            // The reader verified the digest before it reported the end.
+            temp.commit().await?;
+            let (d, c) = hasher.finish().map_err(diff_err)?;
+            Ok((d, c, true))
+        })
+        .await
 }
 
 fn config_platform(config: &[u8]) -> Option<Platform> {

@@ -355,16 +355,26 @@ async fn fetch_blob(
     blob: &Descriptor,
     advance: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, ImageError> {
-    let mut reader = client.blob_reader(source, &blob.digest, blob.size);
-    let mut temp = layout.begin_blob(&blob.digest).await?;
-    // The reader verifies digest and size before it returns None, so the
-    // rename in commit only ever publishes verified bytes.
-    while let Some(chunk) = reader.next_chunk().await? {
-        temp.write(&chunk).await?;
-        advance(chunk.len() as u64);
+    client
+        .retry_corrupt(&blob.digest, || async {
+            let mut reader = client.blob_reader(source, &blob.digest, blob.size);
+            let mut temp = layout.begin_blob(&blob.digest).await?;
+            // The reader verifies digest and size before it returns None,
+            // so the rename in commit only ever publishes verified bytes.
+            while let Some(chunk) = reader.next_chunk().await? {
+                temp.write(&chunk).await?;
+                advance(chunk.len() as u64);
+            }
+            temp.commit().await?;
+            Ok(blob.size)
+        })
+        .await
+}
+
+impl crate::registry::RetryClass for ImageError {
+    fn is_corrupt(&self) -> bool {
+        matches!(self, ImageError::Registry(e) if e.is_corrupt())
     }
-    temp.commit().await?;
-    Ok(blob.size)
 }
 
 /// Fetches every manifest of one image and decides what the bundle holds.

@@ -55,10 +55,11 @@ pub struct ReferrerInfo {
     pub artifact_type: Option<String>,
 }
 
+/// A referrer's owner image, subject digest and artifact type.
+type Owner = (String, String, Option<String>);
+
 /// Moves referrer rows under the images they belong to.
-fn fold_referrers(
-    rows: Vec<(ImageInfo, Option<(String, String, Option<String>)>)>,
-) -> Vec<ImageInfo> {
+fn fold_referrers(rows: Vec<(ImageInfo, Option<Owner>)>) -> Vec<ImageInfo> {
     let mut images = Vec::new();
     let mut referrers = Vec::new();
     for (info, owner) in rows {

@@ -42,6 +42,8 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 pub enum ManifestError {
     #[error("manifest {digest} is not valid JSON: {reason}")]
     Json { digest: Digest, reason: String },
+    #[error("manifest {digest} is not a usable manifest: {reason}")]
+    Shape { digest: Digest, reason: String },
     #[error("manifest {digest} has unknown media type {media_type:?}")]
     UnknownType { digest: Digest, media_type: String },
     #[error("manifest {digest} is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")]
@@ -126,9 +128,15 @@ impl Manifest {
                 size: body.len(),
             });
         }
-        let shape: Shape = serde_json::from_slice(&body).map_err(|e| ManifestError::Json {
-            digest: digest.clone(),
-            reason: e.to_string(),
+        let shape: Shape = serde_json::from_slice(&body).map_err(|e| {
+            let reason = e.to_string();
+            let digest = digest.clone();
+            // Well-formed JSON with a wrong field (a bad digest, a size
+            // that is not a number) is not a syntax error.
+            match e.classify() {
+                serde_json::error::Category::Data => ManifestError::Shape { digest, reason },
+                _ => ManifestError::Json { digest, reason },
+            }
         })?;
         let hint = hint.filter(|h| ACCEPT.contains(h));
         let media_type = match (&shape.media_type, hint) {
@@ -239,7 +247,7 @@ mod tests {
         let bad = format!(
             r#"{{"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:../../x","size":1}}]}}"#
         );
-        assert!(matches!(parse(&bad), Err(ManifestError::Json { .. })));
+        assert!(matches!(parse(&bad), Err(ManifestError::Shape { .. })));
         assert!(matches!(
             parse("{not json"),
             Err(ManifestError::Json { .. })

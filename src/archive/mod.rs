@@ -53,6 +53,14 @@ pub enum ArchiveError {
     TooSmall { size: u64, needed: u64 },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+impl crate::registry::RetryClass for ArchiveError {
+    fn is_corrupt(&self) -> bool {
+        matches!(self, ArchiveError::Registry(e) if e.is_corrupt())
+    }
 }
 
 /// The index of an archive: `NAME.index.json`.

@@ -614,18 +614,25 @@ async fn fetch_into_parts(
     }
 
     // The reader verifies digest and size before it reports the end; the
-    // part is hashed and recorded only after every blob in it did.
-    let mut reader = client.blob_reader(source, &entry.digest, entry.size);
-    while let Some(chunk) = reader
-        .next_chunk()
+    // part is hashed and recorded only after every blob in it did. A
+    // corrupted transfer starts over and overwrites the same offsets.
+    client
+        .retry_corrupt(&entry.digest, || async {
+            let mut writer = PieceWriter {
+                entry: entry.clone(),
+                files: files.clone(),
+                buffer: Vec::with_capacity(WRITE_BUFFER),
+                offset: 0,
+            };
+            let mut reader = client.blob_reader(source, &entry.digest, entry.size);
+            while let Some(chunk) = reader.next_chunk().await? {
+                writer.push(&chunk).await?;
+                advance(chunk.len() as u64);
+            }
+            writer.flush().await?;
+            Ok(entry.size)
+        })
         .await
-        .map_err(|e| ArchiveError::Invalid(crate::error_chain(&e)))?
-    {
-        writer.push(&chunk).await?;
-        advance(chunk.len() as u64);
-    }
-    writer.flush().await?;
-    Ok(entry.size)
 }
 
 /// Writes a blob's bytes, in order, into its pieces in the part files.

@@ -105,6 +105,17 @@ impl RegistryError {
     }
 }
 
+/// Errors that can say whether they are content failing its digest.
+pub trait RetryClass {
+    fn is_corrupt(&self) -> bool;
+}
+
+impl RetryClass for RegistryError {
+    fn is_corrupt(&self) -> bool {
+        matches!(self, RegistryError::Verify { .. })
+    }
+}
+
 /// How to reach registries: transport and trust.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
@@ -205,6 +216,32 @@ impl Client {
             "https"
         };
         format!("{scheme}://{}", image.api_host())
+    }
+
+    /// Runs a download again from the start (up to `--retries` times) when
+    /// its bytes fail their digest: one corrupted transfer (a proxy, a bad
+    /// cache on the registry's side) should not fail an image. `attempt`
+    /// must start from scratch each time, discarding what it wrote.
+    pub async fn retry_corrupt<T, E, F, Fut>(&self, what: &Digest, mut attempt: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: RetryClass,
+    {
+        let policy = self.inner.options.retry;
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_corrupt() && tries < policy.retries => {
+                    tries += 1;
+                    tracing::warn!(
+                        "blob {what} arrived corrupted; fetching it again ({tries}/{})",
+                        policy.retries
+                    );
+                }
+                other => return other,
+            }
+        }
     }
 
     fn base_url(&self, image: &ImageRef) -> String {

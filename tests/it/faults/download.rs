@@ -242,7 +242,6 @@ fn manifests_cut_short_are_fetched_again() {
 }
 
 #[test]
-#[ignore = "bug: export does not retry a blob whose bytes fail their digest (src/export.rs fetch_blob); the user guide says it does"]
 fn a_blob_corrupted_once_is_fetched_again() {
     let reg = Registry::start();
     let proxy = Faulty::start(&reg);
