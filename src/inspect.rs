@@ -267,8 +267,13 @@ impl Inspection {
             } else {
                 i.platforms.join(", ")
             };
+            let artifacts = if i.artifacts.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", i.artifacts)
+            };
             out.push_str(&format!(
-                "{:<width$}  {short:<19}  {:>10}  {platforms}\n",
+                "{:<width$}  {short:<19}  {:>10}  {platforms}{artifacts}\n",
                 i.name,
                 human_bytes(i.size)
             ));

@@ -7,5 +7,6 @@ mod faults;
 mod harness;
 mod hostile;
 mod import;
+mod referrers;
 mod schema1;
 mod support;
