@@ -10,6 +10,7 @@
 mod auth;
 mod download;
 mod manifests;
+mod schema1;
 mod upload;
 
 use std::path::{Path, PathBuf};
