@@ -89,13 +89,15 @@ impl ConnectArgs {
             }
             None => None,
         };
-        Ok(Client::new(ConnectOptions {
+        // A CA file that cannot be used is a mistake in the command line.
+        Client::new(ConnectOptions {
             plain_http: self.plain_http,
             insecure: self.insecure,
             ca_file: self.ca_file.clone(),
             credentials: CredentialSource { explicit },
             retry: RetryPolicy::with_retries(self.retries),
-        })?)
+        })
+        .map_err(|e| usage(crate::error_chain(&e)))
     }
 
     pub fn jobs(&self) -> usize {
@@ -136,9 +138,11 @@ impl Cli {
 pub fn init_logging(cli: &Cli) {
     // Transport crates stay at info even with -vvv: their trace output
     // could show headers, and headers carry credentials.
+    // rustls logs every failed certificate check as an error of its own;
+    // airlock reports the failure once, with the reference.
     let default = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
+        (true, _) => "error,rustls=off",
+        (false, 0) => "warn,rustls=off",
         (false, 1) => "airlock=info,warn",
         (false, 2) => "airlock=debug,oci_client=debug,info",
         _ => "airlock=trace,oci_client=debug,info",

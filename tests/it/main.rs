@@ -10,3 +10,4 @@ mod import;
 mod referrers;
 mod schema1;
 mod support;
+mod tls;
