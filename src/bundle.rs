@@ -9,6 +9,7 @@ use futures::stream::BoxStream;
 
 use crate::archive::read::{Archive, PartProblem};
 use crate::archive::{ArchiveError, ArchivePaths, part_label};
+use crate::base::{BaseInfo, read_layout_base};
 use crate::digest::Digest;
 use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::manifest::Descriptor;
@@ -36,7 +37,8 @@ pub enum BundleError {
 
 /// An opened bundle.
 pub enum Bundle {
-    Layout(Layout),
+    /// A layout, and its base record when it is incremental.
+    Layout(Layout, Option<BaseInfo>),
     Archive {
         archive: Archive,
         /// Problems found by the up-front check of every part.
@@ -55,7 +57,9 @@ impl Bundle {
             {
                 return Bundle::open(&index);
             }
-            return Ok(Bundle::Layout(Layout::open(path)?));
+            let layout = Layout::open(path)?;
+            let base = read_layout_base(layout.root());
+            return Ok(Bundle::Layout(layout, base));
         }
         let paths = ArchivePaths::find(path).ok_or_else(|| BundleError::NotFound(path.into()))?;
         let archive = Archive::open(paths)?;
@@ -63,10 +67,18 @@ impl Bundle {
         Ok(Bundle::Archive { archive, bad_parts })
     }
 
+    /// For an incremental bundle: what it builds on and left out.
+    pub fn base(&self) -> Option<BaseInfo> {
+        match self {
+            Bundle::Layout(_, base) => base.clone(),
+            Bundle::Archive { archive, .. } => archive.index.base.clone(),
+        }
+    }
+
     /// What to call the bundle in messages.
     pub fn describe(&self) -> String {
         match self {
-            Bundle::Layout(l) => l.root().display().to_string(),
+            Bundle::Layout(l, _) => l.root().display().to_string(),
             Bundle::Archive { archive, .. } => archive.paths.index().display().to_string(),
         }
     }
@@ -74,7 +86,7 @@ impl Bundle {
     /// The images it names, as `index.json` descriptors with their names.
     pub fn entries(&self) -> Result<Vec<Descriptor>, BundleError> {
         match self {
-            Bundle::Layout(l) => Ok(l.read_index()?.manifests),
+            Bundle::Layout(l, _) => Ok(l.read_index()?.manifests),
             Bundle::Archive { archive, .. } => Ok(archive
                 .index
                 .images
@@ -106,7 +118,7 @@ impl Bundle {
     pub fn read_manifest(&self, digest: &Digest, size: u64) -> Result<Bytes, BundleError> {
         self.check_blob(digest, size)?;
         match self {
-            Bundle::Layout(l) => Ok(l.read_small_blob(digest, Some(size))?),
+            Bundle::Layout(l, _) => Ok(l.read_small_blob(digest, Some(size))?),
             Bundle::Archive { archive, .. } => Ok(archive.read_small_blob(digest)?),
         }
     }
@@ -118,8 +130,18 @@ impl Bundle {
             location: self.location(digest),
             reason,
         };
+        // Left out on purpose: the target must have it (import checks).
+        let omitted = match self {
+            Bundle::Layout(_, base) => base.as_ref().is_some_and(|b| b.omits(digest)),
+            Bundle::Archive { archive, .. } => {
+                archive.index.base.as_ref().is_some_and(|b| b.omits(digest))
+            }
+        };
+        if omitted {
+            return Ok(());
+        }
         match self {
-            Bundle::Layout(l) => match std::fs::metadata(l.blob_path(digest)) {
+            Bundle::Layout(l, _) => match std::fs::metadata(l.blob_path(digest)) {
                 Ok(m) if m.len() == size => Ok(()),
                 Ok(m) => Err(fail(format!("expected {size} bytes, found {}", m.len()))),
                 Err(_) => Err(fail("missing".to_string())),
@@ -156,7 +178,7 @@ impl Bundle {
     /// Where a blob's bytes are: a file, or parts.
     pub fn location(&self, digest: &Digest) -> String {
         match self {
-            Bundle::Layout(l) => format!("file {}", l.blob_path(digest).display()),
+            Bundle::Layout(l, _) => format!("file {}", l.blob_path(digest).display()),
             Bundle::Archive { archive, .. } => {
                 let parts: Vec<String> = archive
                     .parts_of(digest)
@@ -171,7 +193,7 @@ impl Bundle {
     /// A blob's bytes as a stream; verify them as they flow.
     pub fn blob_stream(&self, digest: &Digest) -> BoxStream<'static, std::io::Result<Bytes>> {
         match self {
-            Bundle::Layout(l) => {
+            Bundle::Layout(l, _) => {
                 let path = l.blob_path(digest);
                 futures::stream::once(async move { tokio::fs::File::open(path).await })
                     .map(|r| {

@@ -26,7 +26,18 @@ use crate::registry::{Client, RegistryError};
 use crate::schema1::{self, Schema1, TargetFormat, layer_media_type};
 
 /// What export does with a schema1 image.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Schema1Mode {
     /// Convert to an OCI image (the default).
     #[default]

@@ -9,15 +9,18 @@
 //! content it lacks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
+use crate::base::{Base, BaseInfo, layout_base_path, read_layout_base};
 use crate::convert::{Pending, Schema1Mode, convert_pending};
 use crate::digest::Digest;
 use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
+use crate::lock::{LockedBlob, LockedImage};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
 use crate::progress::{Progress, human_bytes, rate};
@@ -64,6 +67,10 @@ pub struct ExportOptions {
     pub schema1: Schema1Mode,
     /// Which signatures, SBOMs and attestations come along.
     pub referrers: ReferrerOptions,
+    /// Leave out the blobs this earlier bundle carried (`--since`).
+    pub since: Option<Arc<Base>>,
+    /// From a lock: the referrers to carry, instead of asking again.
+    pub locked_referrers: Option<Vec<LockedImage>>,
 }
 
 /// One image, resolved: what the bundle will hold for it.
@@ -97,6 +104,8 @@ pub struct ExportReport {
     pub failed: Vec<(String, String)>,
     pub blobs_fetched: usize,
     pub blobs_present: usize,
+    /// Left out because the bundle given to `--since` carried them.
+    pub blobs_omitted: usize,
     pub bytes_fetched: u64,
     pub elapsed: Duration,
 }
@@ -142,6 +151,9 @@ pub async fn export_to_layout(
             }
             if layout.has_blob(&blob.digest, blob.size) {
                 report.blobs_present += 1;
+            } else if options.since.as_ref().is_some_and(|b| b.has(&blob.digest)) {
+                // The bundle this one builds on carried it.
+                report.blobs_omitted += 1;
             } else {
                 wanted.push((blob.clone(), image.reference.clone(), i));
             }
@@ -204,7 +216,7 @@ pub async fn export_to_layout(
     // Commit complete images: manifests, then the index entries.
     let mut index = layout.read_index()?;
     for image in images {
-        match commit_image(layout, &image, &failures) {
+        match commit_image(layout, &image, &failures, options.since.as_deref()) {
             Ok(()) => {
                 index.upsert(index_entry(&image, &options.annotations));
                 report.exported.push(image);
@@ -214,6 +226,7 @@ pub async fn export_to_layout(
                 .push((image.reference.name(), crate::error_chain(&e))),
         }
     }
+    record_base(layout, &report.exported, options.since.as_deref())?;
     layout.write_index(&index)?;
     layout.finish()?;
     progress.finish();
@@ -278,6 +291,33 @@ pub async fn resolve_all(
         }
     }
 
+    // From a lock: exactly the referrers it lists, by digest.
+    if let Some(locked) = &options.locked_referrers {
+        for li in locked {
+            let reference = match ImageRef::parse(&li.reference) {
+                Ok(r) => r.with_digest(li.digest.clone()),
+                Err(e) => {
+                    report
+                        .failed
+                        .push((li.reference.clone(), crate::error_chain(&e)));
+                    continue;
+                }
+            };
+            match resolve(client, cache, &reference, &[], options.schema1).await {
+                Ok(mut r) => {
+                    r.subject = li.subject.clone();
+                    r.referrer_of = li.subject_image.clone();
+                    r.artifact_type = li.artifact_type.clone();
+                    images.push(r);
+                }
+                Err(e) => report
+                    .failed
+                    .push((li.reference.clone(), crate::error_chain(&e))),
+            }
+        }
+        return images;
+    }
+
     // Signatures, SBOMs and attestations of every image, after them.
     let found = futures::future::join_all(
         images
@@ -300,17 +340,70 @@ pub async fn resolve_all(
     images
 }
 
+/// Keeps the layout's record of what it leaves out up to date: what this
+/// run left out, and what earlier runs left out that is still missing.
+fn record_base(
+    layout: &Layout,
+    exported: &[ResolvedImage],
+    since: Option<&Base>,
+) -> Result<(), LayoutError> {
+    let path = layout_base_path(layout.root());
+    let old = read_layout_base(layout.root());
+    let mut omitted: BTreeMap<Digest, LockedBlob> = BTreeMap::new();
+    if let Some(old) = &old {
+        for b in &old.omitted {
+            omitted.insert(b.digest.clone(), b.clone());
+        }
+    }
+    if let Some(base) = since {
+        for image in exported {
+            for b in image.blobs.iter().filter(|b| base.has(&b.digest)) {
+                omitted.insert(
+                    b.digest.clone(),
+                    LockedBlob {
+                        digest: b.digest.clone(),
+                        size: b.size,
+                        media_type: b.media_type.clone(),
+                    },
+                );
+            }
+        }
+    }
+    omitted.retain(|d, b| !layout.has_blob(d, b.size));
+    if omitted.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(LayoutError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        };
+    }
+    let builds_on = since
+        .map(|b| b.description.clone())
+        .or(old.map(|o| o.builds_on))
+        .unwrap_or_default();
+    let info = BaseInfo {
+        builds_on,
+        omitted: omitted.into_values().collect(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&info).expect("base serialises");
+    bytes.push(b'\n');
+    layout.write_file(crate::base::LAYOUT_FILE, &bytes)
+}
+
 /// Writes an image's manifests once every blob it names is in place.
 fn commit_image(
     layout: &Layout,
     image: &ResolvedImage,
     failures: &HashMap<Digest, String>,
+    since: Option<&Base>,
 ) -> Result<(), ImageError> {
     for blob in &image.blobs {
         if let Some(e) = failures.get(&blob.digest) {
             return Err(ImageError::Invalid(e.clone()));
         }
-        if !layout.has_blob(&blob.digest, blob.size) {
+        let omitted = since.is_some_and(|b| b.has(&blob.digest));
+        if !omitted && !layout.has_blob(&blob.digest, blob.size) {
             return Err(ImageError::BlobMissing(blob.digest.clone()));
         }
     }

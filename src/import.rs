@@ -336,6 +336,39 @@ pub async fn import_bundle(
         ..ImportReport::default()
     };
 
+    // An incremental bundle leaves blobs out: before anything is pushed,
+    // the target must already hold each one its images need.
+    let base = bundle.base();
+    let mut images = images;
+    if let Some(base) = &base {
+        let mut ready = Vec::new();
+        for image in images {
+            let mut missing = Vec::new();
+            for b in image.blobs.iter().filter(|b| base.omits(&b.digest)) {
+                match client.blob_exists(&image.target, &b.digest).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => missing.push(b.digest.to_string()),
+                    Err(e) => missing.push(format!("{} ({})", b.digest, crate::error_chain(&e))),
+                }
+            }
+            if missing.is_empty() {
+                ready.push(image);
+            } else {
+                report.failed.push((
+                    image.name.clone(),
+                    format!(
+                        "the target lacks {} blob(s) this incremental bundle leaves out: {}. \
+                         Import what it builds on ({}) first",
+                        missing.len(),
+                        missing.join(", "),
+                        base.builds_on
+                    ),
+                ));
+            }
+        }
+        images = ready;
+    }
+
     // Each digest is uploaded to the first repository that needs it; the
     // others mount it from there once it is in place.
     let mut first: Vec<BlobTask> = Vec::new();
@@ -345,7 +378,8 @@ pub async fn import_bundle(
     for (i, image) in images.iter().enumerate() {
         for blob in &image.blobs {
             let repo = image.target.repository().to_string();
-            if !placed.insert((repo.clone(), blob.digest.clone())) {
+            let omitted = base.as_ref().is_some_and(|b| b.omits(&blob.digest));
+            if omitted || !placed.insert((repo.clone(), blob.digest.clone())) {
                 continue;
             }
             let task = BlobTask {

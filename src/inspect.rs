@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
+use crate::base::{BaseInfo, bundle_blobs};
 use crate::bundle::Bundle;
 use crate::layout::ref_name;
 use crate::manifest::{Kind, Manifest};
@@ -27,6 +28,9 @@ pub struct Inspection {
     pub blobs: usize,
     /// Their total size.
     pub bytes: u64,
+    /// For an incremental bundle: what it builds on and left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,9 +152,10 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
                     .collect(),
                 blobs: index.blobs.len(),
                 bytes: index.blobs.iter().map(|b| b.size).sum(),
+                base: index.base.clone(),
             }
         }
-        Bundle::Layout(_) => inspect_layout(bundle),
+        Bundle::Layout(..) => inspect_layout(bundle),
     }
 }
 
@@ -227,6 +232,7 @@ fn inspect_layout(bundle: &Bundle) -> Inspection {
         parts: Vec::new(),
         blobs: all.len(),
         bytes,
+        base: bundle.base(),
     }
 }
 
@@ -290,12 +296,138 @@ impl Inspection {
                 ));
             }
         }
+        if let Some(base) = &self.base {
+            out.push_str(&format!(
+                "incremental: builds on {}; {} blobs ({}) left out, which the target must hold\n",
+                base.builds_on,
+                base.omitted.len(),
+                human_bytes(base.bytes())
+            ));
+        }
         out.push_str(&format!(
             "{} image{}, {} blobs, {}\n",
             self.images.len(),
             if self.images.len() == 1 { "" } else { "s" },
             self.blobs,
             human_bytes(self.bytes)
+        ));
+        out
+    }
+}
+
+/// What changed from one bundle to another.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diff {
+    pub added: Vec<ImageChange>,
+    pub removed: Vec<ImageChange>,
+    pub changed: Vec<ImageChange>,
+    pub unchanged: usize,
+    /// Blobs of the new bundle that the old one does not have.
+    pub blobs_to_travel: usize,
+    /// Their total size: what an incremental bundle would carry.
+    pub bytes_to_travel: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageChange {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+}
+
+/// Compares the images of two bundles, by name.
+pub fn diff(old: &Bundle, new: &Bundle) -> Result<Diff, crate::bundle::BundleError> {
+    let names = |b: &Bundle| -> Result<
+        std::collections::BTreeMap<String, String>,
+        crate::bundle::BundleError,
+    > {
+        Ok(b.entries()?
+            .iter()
+            .filter(|e| {
+                e.annotations
+                    .as_ref()
+                    .is_none_or(|a| !a.contains_key(SUBJECT))
+            })
+            .filter_map(|e| ref_name(e).map(|n| (n.to_string(), e.digest.to_string())))
+            .collect())
+    };
+    let (a, b) = (names(old)?, names(new)?);
+    let mut d = Diff::default();
+    for (name, digest) in &b {
+        match a.get(name) {
+            None => d.added.push(ImageChange {
+                name: name.clone(),
+                old: None,
+                new: Some(digest.clone()),
+            }),
+            Some(o) if o != digest => d.changed.push(ImageChange {
+                name: name.clone(),
+                old: Some(o.clone()),
+                new: Some(digest.clone()),
+            }),
+            Some(_) => d.unchanged += 1,
+        }
+    }
+    for (name, digest) in &a {
+        if !b.contains_key(name) {
+            d.removed.push(ImageChange {
+                name: name.clone(),
+                old: Some(digest.clone()),
+                new: None,
+            });
+        }
+    }
+    let held: HashSet<_> = bundle_blobs(old)?.into_iter().map(|b| b.digest).collect();
+    let held_too: HashSet<_> = old
+        .base()
+        .map(|b| b.omitted.into_iter().map(|o| o.digest).collect())
+        .unwrap_or_default();
+    for blob in bundle_blobs(new)? {
+        if !held.contains(&blob.digest) && !held_too.contains(&blob.digest) {
+            d.blobs_to_travel += 1;
+            d.bytes_to_travel += blob.size;
+        }
+    }
+    Ok(d)
+}
+
+impl Diff {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.added {
+            out.push_str(&format!(
+                "+ {}  {}\n",
+                c.name,
+                c.new.as_deref().unwrap_or("")
+            ));
+        }
+        for c in &self.removed {
+            out.push_str(&format!(
+                "- {}  {}\n",
+                c.name,
+                c.old.as_deref().unwrap_or("")
+            ));
+        }
+        for c in &self.changed {
+            out.push_str(&format!(
+                "~ {}  {} -> {}\n",
+                c.name,
+                c.old.as_deref().unwrap_or(""),
+                c.new.as_deref().unwrap_or("")
+            ));
+        }
+        out.push_str(&format!(
+            "{} added, {} removed, {} changed, {} unchanged; {} blobs ({}) would travel\n",
+            self.added.len(),
+            self.removed.len(),
+            self.changed.len(),
+            self.unchanged,
+            self.blobs_to_travel,
+            human_bytes(self.bytes_to_travel)
         ));
         out
     }

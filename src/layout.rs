@@ -235,6 +235,11 @@ impl Layout {
         write_atomic(&self.root, &self.root.join("index.json"), &index.to_bytes())
     }
 
+    /// Writes a file of airlock's own at the layout's top, atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), LayoutError> {
+        write_atomic(&self.root, &self.root.join(name), bytes)
+    }
+
     /// Reads a small blob (manifest, config) whole and verifies it.
     pub fn read_small_blob(
         &self,

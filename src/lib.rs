@@ -19,6 +19,7 @@
 //! bundle or reported as pushed before its digest and size were checked.
 
 pub mod archive;
+pub mod base;
 pub mod bundle;
 pub mod cli;
 pub mod convert;
@@ -28,6 +29,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod platform;
 pub mod progress;

@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::archive::plan::BLOCK;
 use crate::archive::read::{Archive, PartProblem};
 use crate::archive::{PART_MEMBER, PIECES_DIR, part_label};
+use crate::base::BaseInfo;
 use crate::digest::{Digest, Verifier};
 use crate::layout::{Layout, ref_name};
 use crate::manifest::{Descriptor, Kind, Manifest};
@@ -38,6 +39,8 @@ pub struct VerifyReport {
     pub blobs: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// For an incremental bundle: what it builds on and needs.
+    pub base: Option<BaseInfo>,
 }
 
 impl VerifyReport {
@@ -72,6 +75,7 @@ pub fn verify_archive(archive: &Archive) -> VerifyReport {
     let mut report = VerifyReport {
         images: index.images.len(),
         blobs: index.blobs.len(),
+        base: index.base.clone(),
         ..VerifyReport::default()
     };
 
@@ -410,9 +414,12 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 }
 
 /// Verifies a layout: every blob reachable from `index.json`.
-pub fn verify_layout(layout: &Layout) -> VerifyReport {
+pub fn verify_layout(layout: &Layout, base: Option<&BaseInfo>) -> VerifyReport {
     let started = Instant::now();
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        base: base.cloned(),
+        ..VerifyReport::default()
+    };
     let index = match layout.read_index() {
         Ok(i) => i,
         Err(e) => {
@@ -429,6 +436,10 @@ pub fn verify_layout(layout: &Layout) -> VerifyReport {
         let mut stack = vec![(entry.clone(), 0usize)];
         let mut problems = Vec::new();
         while let Some((d, depth)) = stack.pop() {
+            // Left out of an incremental bundle: its base carried it.
+            if base.is_some_and(|b| b.omits(&d.digest)) {
+                continue;
+            }
             let result = checked
                 .entry(d.digest.clone())
                 .or_insert_with(|| check_file(layout, &d, &mut report.bytes))

@@ -78,6 +78,9 @@ pub struct ArchiveIndex {
     pub parts: Vec<PartEntry>,
     pub images: Vec<ImageEntry>,
     pub blobs: Vec<BlobEntry>,
+    /// For an incremental bundle: what it builds on and left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::base::BaseInfo>,
 }
 
 /// One part file.
@@ -440,6 +443,7 @@ mod proptests {
                     media_type: "x".into(),
                     pieces: pieces.iter().map(|(part, offset, length)| Piece { part: *part, offset: *offset, length: *length }).collect(),
                 }],
+                base: None,
             };
             let _ = index.validate(Path::new("x.index.json"));
         }

@@ -22,10 +22,12 @@ use super::plan::{BLOCK, BlobInput, Content, Plan, header, plan};
 use super::{
     ArchiveError, ArchiveIndex, ArchivePaths, FORMAT, ImageEntry, PartEntry, VERSION, part_label,
 };
+use crate::base::{Base, BaseInfo};
 use crate::convert::convert_pending;
 use crate::digest::Digest;
 use crate::export::{ExportOptions, ExportReport, ResolvedImage, index_entry, resolve_all};
 use crate::layout::{Index, Layout};
+use crate::lock::LockedBlob;
 use crate::manifest::Kind;
 use crate::progress::{Progress, human_bytes, rate};
 use crate::reference::ImageRef;
@@ -131,18 +133,20 @@ pub async fn export_to_archive(
     }
 
     let mtime = source_date_epoch();
-    let (metadata, blobs) = contents(&images, &options.annotations)?;
+    let (metadata, blobs) = contents(&images, &options.annotations, options.since.as_deref())?;
+    let base = base_info(&images, options.since.as_deref());
+    report.export.blobs_omitted = base.as_ref().map_or(0, |b| b.omitted.len());
     let meta_refs: Vec<(&str, Bytes)> = metadata.iter().map(|(p, b)| (*p, b.clone())).collect();
     let plan = plan(chunk_size, mtime, &meta_refs, &blobs)?;
     report.parts = plan.parts.len();
     report.bytes = plan.parts.iter().map(|p| p.size).sum();
-    let index = archive_index(paths, &plan, &images, &[]);
+    let index = archive_index(paths, &plan, &images, &[], base.clone());
 
     // Up to date: the same bundle is already complete on disk.
     if let Some(hashes) = complete_bundle(paths, &plan).await {
         report.up_to_date = true;
         report.parts_kept = plan.parts.len();
-        write_final(paths, &archive_index(paths, &plan, &images, &hashes))?;
+        write_final(paths, &archive_index(paths, &plan, &images, &hashes, base))?;
         report.export.exported = images;
         report.export.elapsed = progress.elapsed();
         return Ok(report);
@@ -308,6 +312,7 @@ pub async fn export_to_archive(
 fn contents(
     images: &[ResolvedImage],
     annotations: &BTreeMap<String, String>,
+    since: Option<&Base>,
 ) -> Result<(Vec<(&'static str, Bytes)>, Vec<BlobInput>), ArchiveError> {
     let mut index = Index::default();
     for image in images {
@@ -341,6 +346,10 @@ fn contents(
     }
     for image in images {
         for b in &image.blobs {
+            // Left out when the bundle this one builds on carried it.
+            if since.is_some_and(|base| base.has(&b.digest)) {
+                continue;
+            }
             if seen.insert(b.digest.clone()) {
                 blobs.push(BlobInput {
                     digest: b.digest.clone(),
@@ -416,14 +425,41 @@ fn docker_name(r: &ImageRef) -> String {
         .to_string()
 }
 
+/// What an incremental archive leaves out: every blob of its images that
+/// the base carried.
+fn base_info(images: &[ResolvedImage], since: Option<&Base>) -> Option<BaseInfo> {
+    let base = since?;
+    let mut omitted = BTreeMap::new();
+    for b in images
+        .iter()
+        .flat_map(|i| i.blobs.iter())
+        .filter(|b| base.has(&b.digest))
+    {
+        omitted.insert(
+            b.digest.clone(),
+            LockedBlob {
+                digest: b.digest.clone(),
+                size: b.size,
+                media_type: b.media_type.clone(),
+            },
+        );
+    }
+    Some(BaseInfo {
+        builds_on: base.description.clone(),
+        omitted: omitted.into_values().collect(),
+    })
+}
+
 /// The index for `plan`, with part hashes where known.
 fn archive_index(
     paths: &ArchivePaths,
     plan: &Plan,
     images: &[ResolvedImage],
     hashes: &[String],
+    base: Option<BaseInfo>,
 ) -> ArchiveIndex {
     ArchiveIndex {
+        base,
         format: FORMAT.to_string(),
         version: VERSION,
         bundle: plan.bundle.clone(),

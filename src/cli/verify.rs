@@ -21,7 +21,7 @@ pub async fn run(args: VerifyArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
     let bundle = Bundle::open(&args.bundle)
         .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
     let report = tokio::task::spawn_blocking(move || match &bundle {
-        Bundle::Layout(l) => verify_layout(l),
+        Bundle::Layout(l, base) => verify_layout(l, base.as_ref()),
         Bundle::Archive { archive, .. } => verify_archive(archive),
     })
     .await?;
@@ -39,6 +39,14 @@ pub async fn run(args: VerifyArgs, verbosity: Verbosity) -> anyhow::Result<ExitC
     }
     for (name, why) in &report.bad_images {
         println!("image {name}: {why}");
+    }
+    if let Some(base) = &report.base {
+        println!(
+            "incremental: builds on {}; needs {} blobs ({}) that it leaves out, already in the target",
+            base.builds_on,
+            base.omitted.len(),
+            human_bytes(base.bytes())
+        );
     }
     if verbosity != Verbosity::Quiet {
         let parts = if report.parts.is_empty() {

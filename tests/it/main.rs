@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod import;
+mod incremental;
 mod referrers;
 mod schema1;
 mod support;
