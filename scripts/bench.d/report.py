@@ -36,11 +36,15 @@ with open(a.meta) as f:
 
 secs = defaultdict(list)  # (scenario, tool) -> [seconds by run]
 rss = defaultdict(list)
+cpu = defaultdict(list)  # the command's user + system seconds
+other = defaultdict(list)  # % of the machine's CPU time others used meanwhile
 with open(a.results) as f:
     for line in f:
-        sc, tool, run, s, kib = line.split("\t")
+        sc, tool, run, s, kib, own, oth = line.rstrip("\n").split("\t")
         secs[(sc, tool)].append(float(s))
         rss[(sc, tool)].append(int(kib))
+        cpu[(sc, tool)].append(float(own))
+        other[(sc, tool)].append(int(oth))
 
 
 def med(sc, tool):
@@ -77,6 +81,7 @@ def mib(kib):
 
 main_mb = int(meta["main_bytes"]) / 1e6
 big_mb = int(meta["big_bytes"]) / 1e6
+big_layer = f"one {int(meta['big_bytes']) / 2**30:.2f} GiB layer"
 parts_mb = int(meta["parts_bytes"]) / 1e6
 
 
@@ -118,7 +123,7 @@ for sc, label in [
 av, ov = med("verify", "airlock"), med("verify", "openssl")
 vr = ratio(ov, av)
 goals.append(("verify >= 80% of openssl's speed", "-" if vr is None else f"{vr * 100:.0f}%", None if vr is None else vr >= 0.8))
-rows.append(("Export of the 1 GiB-layer image to a layout", med("export-big", "airlock"), med("export-big", "skopeo"),
+rows.append((f"Export of the big image ({big_layer}) to a layout", med("export-big", "airlock"), med("export-big", "skopeo"),
              med("floor-download-big", "curl"), big_mb))
 rows.append(("Import of it into an empty registry", med("import-big", "airlock"), med("import-big", "skopeo"),
              med("floor-upload-big", "curl"), big_mb))
@@ -175,6 +180,23 @@ w("|---|---:|---|")
 for g, m, ok in goals:
     w(f"| {g} | {m} | {mark(ok)} |")
 w("")
+if any(t == "airlock-nofsync" for _, t in secs):
+    w("## Where export time goes: fsync")
+    w("")
+    w("A diagnostic, not a goal: the same exports with `fsync`/`fdatasync` turned into")
+    w("no-ops (`LD_PRELOAD` of `scripts/bench.d/nofsync.c`, built as `RUN/nofsync.so`), into fresh directories, once")
+    w("per run. The difference is the time spent waiting for the data to reach the disk")
+    w("(curl, the floor, writes to the page cache and never waits).")
+    w("")
+    w("| export | airlock | airlock, no fsync | fsync's share | floor |")
+    w("|---|---:|---:|---:|---:|")
+    for sc, label, fl in [("export-layout", "4 images, layout", "floor-download"),
+                          ("export-archive", "4 images, archive", "floor-download"),
+                          ("export-big", f"big image ({big_layer}), layout", "floor-download-big")]:
+        x_, n_ = med(sc, "airlock"), med(sc, "airlock-nofsync")
+        share = None if x_ is None or n_ is None or x_ == 0 else (x_ - n_) / x_
+        w(f"| {label} | {fs(x_)} | {fs(n_)} | {'-' if share is None else f'{share * 100:.0f}%'} | {fs(med(fl, 'curl'))} |")
+    w("")
 w("## Peak RSS")
 w("")
 w("Largest \"Maximum resident set size\" of `/usr/bin/time -v` over the runs (for")
@@ -184,18 +206,34 @@ w("| scenario | airlock | skopeo |")
 w("|---|---:|---:|")
 for sc, label in [("export-layout", "Export, 4 images, layout"), ("import-layout", "Import, 4 images, layout"),
                   ("export-archive", "Export, 4 images, archive"), ("import-archive", "Import, 4 images, archive"),
-                  ("export-big", "Export, 1 GiB layer"), ("import-big", "Import, 1 GiB layer"),
+                  ("export-big", f"Export, {big_layer}"), ("import-big", f"Import, {big_layer}"),
                   ("verify", "Verify the archive")]:
     w(f"| {label} | {mib(peak(sc, 'airlock'))} | {mib(peak(sc, 'skopeo'))} |")
 w("")
 w("## Every run")
 w("")
-w("Seconds, in the order run (odd runs: airlock, skopeo, curl; even runs reversed).")
+w("Seconds, run by run (odd runs: airlock, skopeo, curl; even runs reversed); CPU:")
+w("the command's user + system seconds (median); other: the largest share of the")
+w("machine's CPU time that anything else (not the command, not our registries)")
+w("used while a run of it lasting 0.5 s or more was timed (shorter runs are below")
+w("the resolution of the kernel's CPU accounting).")
 w("")
-w("| scenario | tool | runs | median | min | max |")
-w("|---|---|---|---:|---:|---:|")
+w("| scenario | tool | runs (s) | median | min | max | CPU (s) | other |")
+w("|---|---|---|---:|---:|---:|---:|---:|")
+def long_others(key):
+    return [o for o, t in zip(other[key], secs[key]) if t >= 0.5]
+
+
 for (sc, tool), v in secs.items():
-    w(f"| {sc} | {tool} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f} |")
+    lo = long_others((sc, tool))
+    w(f"| {sc} | {tool} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.median(v):.2f} | {min(v):.2f} | "
+      f"{max(v):.2f} | {statistics.median(cpu[(sc, tool)]):.2f} | {f'{max(lo)}%' if lo else '-'} |")
+w("")
+busy = sum(1 for k in secs for o in long_others(k) if o >= 10)
+total = sum(len(long_others(k)) for k in secs)
+w(f"Timed runs of 0.5 s or more during which others used 10% or more of the CPU: {busy} of {total}.")
+w(f"Load average: {meta.get('load_start', '?')} at the start, {meta.get('load_end', '?')} at the end;")
+w(f"{meta.get('waited', '?')} s spent waiting for the machine to be idle.")
 w("")
 w("## Commands")
 w("")
@@ -233,7 +271,8 @@ w("  the target registry is stopped, its storage wiped and it is started again."
 w("  Re-runs follow the first run at once, into the up-to-date bundle or registry.")
 w("  skopeo copies the images one after another, as a user would script it; it imports")
 w("  from airlock's layout, the same input airlock reads.")
-w("- `sync` runs before every timed command, outside the clock. Wall time is taken")
+w("- Before every timed command, outside the clock: `sync`, then a wait (bounded by")
+w("  `--max-wait`) until the machine's CPU is under 10% busy. Wall time is taken")
 w("  by bash (`EPOCHREALTIME`) around the command, or around all of skopeo's per-image")
 w("  commands; peak RSS comes from `/usr/bin/time -v`.")
 w("- `verify`: the parts are read once (`cat > /dev/null`) before each timed run, so")
@@ -243,6 +282,8 @@ w("  with the source's digest and holds every blob it reaches at its size; after
 w("  import, the target answers a HEAD of every tag (full Accept list) and every child")
 w("  manifest with the source's `Docker-Content-Digest`; the floor's downloads hash to")
 w("  their digests and its uploads are all in the target.")
+w("- skopeo keeps its blob-info cache (`/var/lib/containers/cache` for root) from run")
+w("  to run, as it would for a user; airlock keeps no state outside the bundle.")
 w("- The client, both registries and the disk share the machine's cores: on a small")
 w("  machine the registry's own CPU time is part of every figure.")
 w("")
