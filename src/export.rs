@@ -23,7 +23,7 @@ use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::lock::{LockedBlob, LockedImage};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
-use crate::progress::{Progress, human_bytes, rate};
+use crate::progress::{Progress, human_bytes, plural, rate};
 use crate::reference::ImageRef;
 use crate::referrers::{ReferrerOptions, SUBJECT, SUBJECT_IMAGE, discover};
 use crate::registry::{Client, RegistryError};
@@ -114,12 +114,16 @@ impl ExportReport {
     /// The one-line summary every run ends with.
     pub fn summary(&self) -> String {
         let manifests: usize = self.exported.iter().map(|i| i.manifests.len()).sum();
+        let omitted = if self.blobs_omitted > 0 {
+            format!(", {} left out (in the base)", self.blobs_omitted)
+        } else {
+            String::new()
+        };
         format!(
-            "exported {} image{}: {} manifests, {} blobs fetched ({} already present), {} in {:.1} s, {}",
-            self.exported.len(),
-            if self.exported.len() == 1 { "" } else { "s" },
-            manifests,
-            self.blobs_fetched,
+            "exported {}: {}, {} fetched ({} already present{omitted}), {} in {:.1} s, {}",
+            plural(self.exported.len(), "image"),
+            plural(manifests, "manifest"),
+            plural(self.blobs_fetched, "blob"),
             self.blobs_present,
             human_bytes(self.bytes_fetched),
             self.elapsed.as_secs_f64(),

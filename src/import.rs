@@ -19,7 +19,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::digest::Digest;
 use crate::layout::ref_name;
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
-use crate::progress::{Progress, human_bytes, rate};
+use crate::progress::{Progress, human_bytes, plural, rate};
 use crate::reference::{ImageRef, Target};
 use crate::referrers::{SUBJECT, SUBJECT_IMAGE, listing_descriptor};
 use crate::registry::{Client, Pushed, RegistryError};
@@ -101,14 +101,13 @@ impl ImportReport {
             "uploaded"
         };
         format!(
-            "{verb} {} image{}: {} blobs {sent} ({}), {} mounted, {} already present, {} manifests in {:.1} s, {}",
-            self.imported.len(),
-            if self.imported.len() == 1 { "" } else { "s" },
-            self.blobs_uploaded,
+            "{verb} {}: {} {sent} ({}), {} mounted, {} already present, {} in {:.1} s, {}",
+            plural(self.imported.len(), "image"),
+            plural(self.blobs_uploaded, "blob"),
             human_bytes(self.bytes_uploaded),
             self.blobs_mounted,
             self.blobs_present,
-            self.manifests_pushed,
+            plural(self.manifests_pushed, "manifest"),
             self.elapsed.as_secs_f64(),
             rate(self.bytes_uploaded, self.elapsed),
         )

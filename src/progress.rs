@@ -91,7 +91,7 @@ impl Progress {
 
 fn bytes_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{prefix:40!} {wide_bar} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12}",
+        "{prefix:40!} {wide_bar} {decimal_bytes:>10}/{decimal_total_bytes:<10} {decimal_bytes_per_sec:>12}",
     )
     .expect("template is valid")
 }
@@ -109,6 +109,15 @@ fn shorten(name: &str, width: usize) -> String {
         .rev()
         .collect();
     format!("…{tail}")
+}
+
+/// `1 image`, `3 images`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// Formats a byte count in SI units, as the summary line shows it.
