@@ -11,6 +11,7 @@
 //! Invariant: the index is written last, after every part was hashed, so an
 //! index on disk always describes complete parts.
 
+mod contents;
 pub mod plan;
 pub mod read;
 pub mod write;
