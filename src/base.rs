@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{Bundle, BundleError};
 use crate::digest::Digest;
 use crate::lock::{FORMAT as LOCK_FORMAT, Lock, LockedBlob};
-use crate::manifest::{Kind, Manifest};
 
 /// Where a layout records what it builds on.
 pub const LAYOUT_FILE: &str = "airlock-base.json";
@@ -120,35 +119,11 @@ pub fn bundle_blobs(bundle: &Bundle) -> Result<Vec<LockedBlob>, BundleError> {
             .collect());
     }
     let mut out: HashMap<Digest, LockedBlob> = HashMap::new();
-    let mut stack: Vec<(crate::manifest::Descriptor, usize)> =
-        bundle.entries()?.into_iter().map(|e| (e, 0)).collect();
-    while let Some((d, depth)) = stack.pop() {
-        if out.contains_key(&d.digest) {
-            continue;
+    for entry in bundle.entries()? {
+        for (d, _) in bundle.reachable(&entry) {
+            out.entry(d.digest.clone())
+                .or_insert_with(|| LockedBlob::from(&d));
         }
-        out.insert(
-            d.digest.clone(),
-            LockedBlob {
-                digest: d.digest.clone(),
-                size: d.size,
-                media_type: d.media_type.clone(),
-            },
-        );
-        if !Manifest::is_manifest_type(&d.media_type) || depth > 8 {
-            continue;
-        }
-        let Ok(body) = bundle.read_manifest(&d.digest, d.size) else {
-            continue;
-        };
-        let Ok(m) = Manifest::parse(d.digest.clone(), body, Some(&d.media_type)) else {
-            continue;
-        };
-        let children = if m.kind == Kind::Index {
-            m.manifests
-        } else {
-            m.blobs
-        };
-        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
     }
     let mut blobs: Vec<LockedBlob> = out.into_values().collect();
     blobs.sort();

@@ -12,7 +12,7 @@ use crate::archive::{ArchiveError, ArchivePaths, part_label};
 use crate::base::{BaseInfo, read_layout_base};
 use crate::digest::Digest;
 use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
-use crate::manifest::Descriptor;
+use crate::manifest::{Descriptor, Kind, Manifest};
 use crate::referrers::{SUBJECT, SUBJECT_IMAGE};
 
 /// A bundle that cannot be opened or read.
@@ -73,6 +73,37 @@ impl Bundle {
             Bundle::Layout(_, base) => base.clone(),
             Bundle::Archive { archive, .. } => archive.index.base.clone(),
         }
+    }
+
+    /// Everything `entry` reaches, each once, with its depth (the entry is
+    /// 0): manifests read and verified on the way; what cannot be read is
+    /// listed but not followed (verify is the place to report it).
+    pub fn reachable(&self, entry: &Descriptor) -> Vec<(Descriptor, usize)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut stack = vec![(entry.clone(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            if !seen.insert(d.digest.clone()) {
+                continue;
+            }
+            out.push((d.clone(), depth));
+            if !Manifest::is_manifest_type(&d.media_type) || depth > 8 {
+                continue;
+            }
+            let Ok(body) = self.read_manifest(&d.digest, d.size) else {
+                continue;
+            };
+            let Ok(m) = Manifest::parse(d.digest.clone(), body, Some(&d.media_type)) else {
+                continue;
+            };
+            let children = if m.kind == Kind::Index {
+                m.manifests
+            } else {
+                m.blobs
+            };
+            stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+        }
+        out
     }
 
     /// What to call the bundle in messages.

@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::base::{BaseInfo, bundle_blobs};
 use crate::bundle::Bundle;
 use crate::layout::ref_name;
-use crate::manifest::{Kind, Manifest};
 use crate::progress::human_bytes;
 use crate::referrers::{ArtifactKind, SUBJECT, SUBJECT_IMAGE, classify, describe};
 
@@ -167,11 +166,8 @@ fn inspect_layout(bundle: &Bundle) -> Inspection {
         let mut mine = HashSet::new();
         let mut size = 0u64;
         let mut platforms = Vec::new();
-        let mut stack = vec![(entry.clone(), 0usize)];
-        while let Some((d, depth)) = stack.pop() {
-            if !mine.insert(d.digest.clone()) {
-                continue;
-            }
+        for (d, depth) in bundle.reachable(&entry) {
+            mine.insert(d.digest.clone());
             size += d.size;
             if all.insert(d.digest.clone()) {
                 bytes += d.size;
@@ -181,21 +177,6 @@ fn inspect_layout(bundle: &Bundle) -> Inspection {
             {
                 platforms.push(p.to_string());
             }
-            if !Manifest::is_manifest_type(&d.media_type) || depth > 8 {
-                continue;
-            }
-            let Ok(body) = bundle.read_manifest(&d.digest, d.size) else {
-                continue;
-            };
-            let Ok(m) = Manifest::parse(d.digest.clone(), body, Some(&d.media_type)) else {
-                continue;
-            };
-            let children = if m.kind == Kind::Index {
-                m.manifests
-            } else {
-                m.blobs
-            };
-            stack.extend(children.into_iter().map(|c| (c, depth + 1)));
         }
         if platforms.is_empty()
             && let Some(p) = &entry.platform

@@ -89,6 +89,16 @@ pub struct LockedBlob {
     pub media_type: String,
 }
 
+impl From<&crate::manifest::Descriptor> for LockedBlob {
+    fn from(d: &crate::manifest::Descriptor) -> LockedBlob {
+        LockedBlob {
+            digest: d.digest.clone(),
+            size: d.size,
+            media_type: d.media_type.clone(),
+        }
+    }
+}
+
 impl Lock {
     /// The lock of what an export wrote.
     pub fn of(images: &[ResolvedImage], options: LockOptions) -> Lock {
@@ -105,14 +115,7 @@ impl Lock {
                 );
             }
             for b in &image.blobs {
-                blobs.insert(
-                    b.digest.clone(),
-                    LockedBlob {
-                        digest: b.digest.clone(),
-                        size: b.size,
-                        media_type: b.media_type.clone(),
-                    },
-                );
+                blobs.insert(b.digest.clone(), LockedBlob::from(b));
             }
         }
         Lock {

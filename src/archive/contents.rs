@@ -145,14 +145,7 @@ pub(super) fn base_info(images: &[ResolvedImage], since: Option<&Base>) -> Optio
         .flat_map(|i| i.blobs.iter())
         .filter(|b| base.has(&b.digest))
     {
-        omitted.insert(
-            b.digest.clone(),
-            LockedBlob {
-                digest: b.digest.clone(),
-                size: b.size,
-                media_type: b.media_type.clone(),
-            },
-        );
+        omitted.insert(b.digest.clone(), LockedBlob::from(b));
     }
     Some(BaseInfo {
         builds_on: base.description.clone(),

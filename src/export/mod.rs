@@ -365,14 +365,7 @@ fn record_base(
     if let Some(base) = since {
         for image in exported {
             for b in image.blobs.iter().filter(|b| base.has(&b.digest)) {
-                omitted.insert(
-                    b.digest.clone(),
-                    LockedBlob {
-                        digest: b.digest.clone(),
-                        size: b.size,
-                        media_type: b.media_type.clone(),
-                    },
-                );
+                omitted.insert(b.digest.clone(), LockedBlob::from(b));
             }
         }
     }
