@@ -113,6 +113,9 @@ pub async fn discover(
     if !options.enabled {
         return (found, warnings);
     }
+    // One tag listing serves every fallback and cosign lookup below.
+    let tags = client.tags(&image.reference).await.ok().flatten();
+    let tags = tags.as_ref();
     let mut seen: HashSet<Digest> = image.manifests.iter().map(|m| m.digest.clone()).collect();
     let mut names: HashSet<String> = HashSet::new();
     let mut level: Vec<Digest> = image.manifests.iter().map(|m| m.digest.clone()).collect();
@@ -120,7 +123,14 @@ pub async fn discover(
     // Referrers of what the registry served, when the bundle holds
     // something else (a filtered index, a converted schema1 image).
     if image.source_digest != image.root.digest {
-        let lost = referrers_of(client, &image.reference, &image.source_digest, options).await;
+        let lost = referrers_of(
+            client,
+            &image.reference,
+            &image.source_digest,
+            options,
+            tags,
+        )
+        .await;
         if !lost.0.is_empty() {
             warnings.push(format!(
                 "{}: {} referrer(s) of {} (signatures, SBOMs) are left out: they refer to \
@@ -140,7 +150,7 @@ pub async fn discover(
         let lists = join_all(
             level
                 .iter()
-                .map(|d| referrers_of(client, &image.reference, d, options)),
+                .map(|d| referrers_of(client, &image.reference, d, options, tags)),
         )
         .await;
         let mut next = Vec::new();
@@ -192,10 +202,11 @@ async fn referrers_of(
     image: &ImageRef,
     subject: &Digest,
     options: &ReferrerOptions,
+    tags: Option<&HashSet<String>>,
 ) -> (Vec<(ImageRef, Option<String>)>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    match client.referrers(image, subject).await {
+    match client.referrers(image, subject, tags).await {
         Ok(listing) => {
             for d in listing.descriptors() {
                 if !wanted(d, options) {
@@ -220,9 +231,14 @@ async fn referrers_of(
     }
     let cosign = join_all(COSIGN.iter().map(|suffix| {
         let tag = format!("{}.{suffix}", fallback_tag(subject));
+        let listed = tags.map(|t| t.contains(&tag));
         let r = ImageRef::from_parts(image.registry(), image.repository(), Some(&tag), None);
         async move {
-            let found = client.head_manifest(&r).await;
+            let found = match listed {
+                // The tag list says: no need to ask.
+                Some(false) => Ok(None),
+                _ => client.head_manifest(&r).await,
+            };
             (r, suffix, found)
         }
     }))

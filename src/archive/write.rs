@@ -159,13 +159,28 @@ pub async fn export_to_archive(
         &plan,
         &state.lock().expect("state lock"),
     )?);
-    let pending = Arc::new(pending_counts(&plan, &files));
+    // Each unfinished part is hashed front to back as its bytes become
+    // final, so its sha256 is ready soon after its last blob lands.
+    let hashers: Arc<Vec<Option<Mutex<PartHash>>>> = Arc::new(
+        plan.parts
+            .iter()
+            .map(|p| {
+                files[p.number as usize - 1]
+                    .is_some()
+                    .then(|| Mutex::new(PartHash::new(p, paths.part(p.number))))
+            })
+            .collect(),
+    );
     let mut hashing = Vec::new();
     for part in &plan.parts {
-        let n = part.number;
-        if files[n as usize - 1].is_some() && pending[n as usize - 1].lock().expect("count").eq(&0)
-        {
-            hashing.push(tokio::spawn(finish_part(paths.clone(), n, state.clone())));
+        if hashers[part.number as usize - 1].is_some() {
+            hashing.push(advance_part(
+                paths.clone(),
+                hashers.clone(),
+                part.number,
+                None,
+                state.clone(),
+            ));
         }
     }
 
@@ -223,23 +238,19 @@ pub async fn export_to_archive(
         })
         .buffer_unordered(jobs)
         .then(|(digest, outcome)| {
-            // A part is hashed as soon as its last blob is in place.
+            // The blob's bytes are final: hash its parts on from there.
             if outcome.is_ok()
                 && let Some(entry) = plan.blobs.iter().find(|b| b.digest == digest)
             {
                 for piece in &entry.pieces {
-                    let i = piece.part as usize - 1;
-                    if files[i].is_none() {
-                        continue;
-                    }
-                    let mut count = pending[i].lock().expect("count");
-                    *count -= 1;
-                    if *count == 0 {
-                        hashing.push(tokio::spawn(finish_part(
+                    if hashers[piece.part as usize - 1].is_some() {
+                        hashing.push(advance_part(
                             paths.clone(),
+                            hashers.clone(),
                             piece.part,
+                            Some(piece.offset),
                             state.clone(),
-                        )));
+                        ));
                     }
                 }
             }
@@ -253,6 +264,9 @@ pub async fn export_to_archive(
     for r in futures::future::join_all(hashing).await {
         r.map_err(|e| ArchiveError::Invalid(format!("hash task failed: {e}")))??;
     }
+    // Every part this run wrote reaches the disk before the index that
+    // describes it is written.
+    sync_parts(&files).await?;
 
     let mut failures = HashMap::new();
     for (digest, outcome) in results {
@@ -380,25 +394,6 @@ fn open_parts(
     Ok(files)
 }
 
-/// Per part: how many blobs still have to arrive before it is complete.
-fn pending_counts(plan: &Plan, files: &[Option<std::fs::File>]) -> Vec<Mutex<usize>> {
-    let mut counts = vec![0usize; plan.parts.len()];
-    for part in &plan.parts {
-        if files[part.number as usize - 1].is_none() {
-            continue;
-        }
-        let mut seen = std::collections::HashSet::new();
-        for m in &part.members {
-            if let Content::Blob { digest, .. } = &m.content
-                && seen.insert(digest.clone())
-            {
-                counts[part.number as usize - 1] += 1;
-            }
-        }
-    }
-    counts.into_iter().map(Mutex::new).collect()
-}
-
 fn first_content<'a>(plan: &'a Plan, digest: &Digest) -> Option<&'a Content> {
     plan.parts
         .iter()
@@ -516,7 +511,9 @@ impl PieceWriter {
                 let from = start.max(lo);
                 let to = end.min(hi);
                 let slice = &buffer[(from - start) as usize..(to - start) as usize];
-                file.write_all_at(slice, piece.offset + (from - lo))?;
+                let at = piece.offset + (from - lo);
+                file.write_all_at(slice, at)?;
+                crate::layout::write_behind(file, at, slice.len() as u64);
             }
             Ok::<_, std::io::Error>(())
         })
@@ -529,27 +526,118 @@ impl PieceWriter {
     }
 }
 
-/// Syncs and hashes a complete part, and records it for a re-run.
-async fn finish_part(
+/// A part's sha256, computed front to back as far as its bytes are final:
+/// everything but blob data is written when the part is created; blob data
+/// is final once its blob verified.
+struct PartHash {
+    path: PathBuf,
+    size: u64,
+    hasher: Sha256,
+    /// Bytes hashed so far, from the start.
+    done: u64,
+    /// Data offsets of blob pieces not yet final, with their lengths.
+    pending: BTreeMap<u64, u64>,
+}
+
+impl PartHash {
+    fn new(part: &super::plan::PartPlan, path: PathBuf) -> PartHash {
+        let pending = part
+            .members
+            .iter()
+            .filter(|m| matches!(m.content, Content::Blob { .. }))
+            .map(|m| (m.data_offset(), m.size))
+            .collect();
+        PartHash {
+            path,
+            size: part.size,
+            hasher: Sha256::new(),
+            done: 0,
+            pending,
+        }
+    }
+
+    /// Marks the piece at `offset` final and hashes on as far as the bytes
+    /// are; returns the part's sha256 once all of it is hashed.
+    fn complete(&mut self, offset: Option<u64>) -> std::io::Result<Option<String>> {
+        if let Some(o) = offset {
+            self.pending.remove(&o);
+        }
+        let limit = self.pending.keys().next().copied().unwrap_or(self.size);
+        if limit > self.done {
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(&self.path)?;
+            file.seek(std::io::SeekFrom::Start(self.done))?;
+            let mut left = limit - self.done;
+            let mut buf = vec![0u8; (4 << 20).min(left as usize)];
+            while left > 0 {
+                let n = (buf.len() as u64).min(left) as usize;
+                file.read_exact(&mut buf[..n])?;
+                self.hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            self.done = limit;
+        }
+        if self.done == self.size && self.pending.is_empty() {
+            let h = std::mem::take(&mut self.hasher);
+            self.done = u64::MAX;
+            return Ok(Some(hex::encode(h.finalize())));
+        }
+        Ok(None)
+    }
+}
+
+/// Hashes part `number` on (after the piece at `offset` became final) and
+/// records the part in the state once it is complete.
+fn advance_part(
     paths: ArchivePaths,
+    hashers: Arc<Vec<Option<Mutex<PartHash>>>>,
     number: u32,
+    offset: Option<u64>,
     state: Arc<Mutex<State>>,
-) -> Result<(), ArchiveError> {
-    let path = paths.part(number);
-    let sha = hash_file(path.clone()).await.map_err(io_err(&path))?;
-    let mut s = state.lock().expect("state lock");
-    s.complete.insert(number, sha);
-    save_state(&paths, &s)?;
-    tracing::debug!("part {} complete", part_label(number));
+) -> tokio::task::JoinHandle<Result<(), ArchiveError>> {
+    tokio::task::spawn_blocking(move || {
+        let slot = hashers[number as usize - 1]
+            .as_ref()
+            .expect("only unfinished parts");
+        let mut part = slot.lock().expect("part hash lock");
+        if part.done == u64::MAX {
+            return Ok(());
+        }
+        let path = part.path.clone();
+        if let Some(sha) = part.complete(offset).map_err(io_err(&path))? {
+            let mut s = state.lock().expect("state lock");
+            s.complete.insert(number, sha);
+            save_state(&paths, &s)?;
+            tracing::debug!("part {} complete", part_label(number));
+        }
+        Ok(())
+    })
+}
+
+/// Flushes every part this run wrote to the disk, several at a time.
+async fn sync_parts(files: &Arc<Vec<Option<std::fs::File>>>) -> Result<(), ArchiveError> {
+    let tasks: Vec<_> = (0..files.len())
+        .filter(|i| files[*i].is_some())
+        .map(|i| {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || files[i].as_ref().expect("filtered").sync_data())
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        t.map_err(|e| ArchiveError::Invalid(format!("sync task failed: {e}")))?
+            .map_err(|source| ArchiveError::Io {
+                path: PathBuf::from("archive part"),
+                source,
+            })?;
+    }
     Ok(())
 }
 
-/// Flushes a file to disk and returns its sha256, reading it once.
+/// A file's sha256, reading it once.
 async fn hash_file(path: PathBuf) -> std::io::Result<String> {
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut file = std::fs::File::open(&path)?;
-        file.sync_all()?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {

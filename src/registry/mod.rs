@@ -167,6 +167,8 @@ struct Inner {
     options: ConnectOptions,
     /// Auth headers per (registry, repository, access).
     auth: Mutex<HashMap<(String, String, Access), AuthHeader>>,
+    /// Registries found to have no referrers API: not asked again.
+    no_referrers_api: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Client {
@@ -206,6 +208,7 @@ impl Client {
                 http,
                 options,
                 auth: Mutex::new(HashMap::new()),
+                no_referrers_api: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }

@@ -7,6 +7,8 @@
 //! without the API (distribution 2.8 among them) need the fallback index
 //! kept up to date by whoever pushes a referrer: [`Client::add_referrers`].
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, LINK};
@@ -42,12 +44,56 @@ impl Listing {
 }
 
 impl Client {
-    /// The referrers of `digest` in `image`'s repository.
+    /// The repository's tags (all pages), or `None` when it cannot list
+    /// them. One request answers for every fallback and cosign tag of a
+    /// repository, instead of one lookup per manifest and tag.
+    pub async fn tags(&self, image: &ImageRef) -> Result<Option<HashSet<String>>, RegistryError> {
+        let what = format!("tags of {}", image.repository());
+        let mut url = format!("{}/tags/list?n=1000", self.base_url(image));
+        let mut tags = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let u = url.clone();
+            let resp = self.send(image, Access::Pull, &what, |c| c.get(&u)).await?;
+            if !resp.status().is_success() {
+                return Ok(None);
+            }
+            let next = next_link(resp.headers(), &u);
+            let body = read_limited(resp, MAX_MANIFEST_BYTES, &what).await?;
+            #[derive(serde::Deserialize)]
+            struct List {
+                tags: Option<Vec<String>>,
+            }
+            let Ok(list) = serde_json::from_slice::<List>(&body) else {
+                return Ok(None);
+            };
+            tags.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = n,
+                None => return Ok(Some(tags)),
+            }
+        }
+        Ok(Some(tags))
+    }
+
+    /// The referrers of `digest` in `image`'s repository. `tags`, when
+    /// known, saves the fallback lookup of a tag that does not exist.
     pub async fn referrers(
         &self,
         image: &ImageRef,
         digest: &Digest,
+        tags: Option<&HashSet<String>>,
     ) -> Result<Listing, RegistryError> {
+        let no_api = self
+            .inner
+            .no_referrers_api
+            .lock()
+            .expect("referrers lock")
+            .contains(image.api_host());
+        if no_api {
+            return Ok(Listing::Fallback(
+                self.fallback_referrers(image, digest, tags).await?,
+            ));
+        }
         let what = format!("referrers of {digest}");
         let mut url = format!("{}/referrers/{digest}", self.base_url(image));
         let mut found = Vec::new();
@@ -65,8 +111,13 @@ impl Client {
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED
             );
             if page == 0 && absent {
+                self.inner
+                    .no_referrers_api
+                    .lock()
+                    .expect("referrers lock")
+                    .insert(image.api_host().to_string());
                 return Ok(Listing::Fallback(
-                    self.fallback_referrers(image, digest).await?,
+                    self.fallback_referrers(image, digest, tags).await?,
                 ));
             }
             let resp = check_status(resp, &what).await?;
@@ -86,7 +137,11 @@ impl Client {
         &self,
         image: &ImageRef,
         digest: &Digest,
+        tags: Option<&HashSet<String>>,
     ) -> Result<Vec<Descriptor>, RegistryError> {
+        if tags.is_some_and(|t| !t.contains(&fallback_tag(digest))) {
+            return Ok(Vec::new());
+        }
         let tagged = ImageRef::from_parts(
             image.registry(),
             image.repository(),
@@ -114,7 +169,7 @@ impl Client {
         subject: &Digest,
         descriptors: &[Descriptor],
     ) -> Result<bool, RegistryError> {
-        let existing = match self.referrers(image, subject).await? {
+        let existing = match self.referrers(image, subject, None).await? {
             Listing::Api(_) => return Ok(false),
             Listing::Fallback(d) => d,
         };
