@@ -165,6 +165,9 @@ impl ArchiveIndex {
                 self.version
             )));
         }
+        if self.bundle.len() != 64 || !self.bundle.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("bundle is not 64 hex digits".to_string()));
+        }
         for (i, part) in self.parts.iter().enumerate() {
             if part.number as usize != i + 1 {
                 return Err(bad(format!(
