@@ -304,3 +304,104 @@ fn referrers_can_be_left_out_or_chosen_by_type() {
     export(&sboms, &["--referrers-type", SPDX], &s.img.reference());
     assert_eq!(entries(&sboms), vec![s.img.digest.clone(), s.sbom.clone()]);
 }
+
+/// An OCI index listing `entries`, as a referrers API page.
+fn page(entries: &[serde_json::Value]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_INDEX,
+        "manifests": entries,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_referrers_api_is_read_page_by_page_and_trusted_on_import() {
+    use crate::support::faulty::{Fault, Faulty, Match};
+    let src = Registry::start();
+    let repo = "api/app";
+    let img = images::push_multiarch_oci(&src, repo, "1", 8, &["linux/amd64"], 16 * 1024);
+    let subject = (images::OCI_INDEX, img.digest.as_str(), img.bytes.len());
+    let (a, a_listed) = push_artifact(&src, repo, Some(SIG), b"first page", Some(subject), None);
+    let (b, b_listed) = push_artifact(&src, repo, Some(SPDX), b"second page", Some(subject), None);
+
+    // A registry with the referrers API, two pages for the index; every
+    // other subject has none.
+    let proxy = Faulty::start(&src);
+    let path = format!("/v2/{repo}/referrers/{}", img.digest);
+    let json = "application/vnd.oci.image.index.v1+json";
+    proxy.always(
+        Match::path_contains("last=page1"),
+        Fault::Answer {
+            body: page(&[b_listed]).into(),
+            content_type: json.into(),
+            headers: vec![],
+        },
+    );
+    proxy.always(
+        Match::path_is(&path),
+        Fault::Answer {
+            body: page(&[a_listed]).into(),
+            content_type: json.into(),
+            headers: vec![(
+                "Link".into(),
+                format!("<{path}?n=1&last=page1>; rel=\"next\""),
+            )],
+        },
+    );
+    proxy.always(
+        Match::path_contains("/referrers/"),
+        Fault::Answer {
+            body: page(&[]).into(),
+            content_type: json.into(),
+            headers: vec![],
+        },
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    export(work.path(), &[], &format!("{}/{repo}:1", proxy.host()));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("index.json")).unwrap()).unwrap();
+    let digests: BTreeSet<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        digests,
+        BTreeSet::from([img.digest.clone(), a.clone(), b.clone()])
+    );
+    // Found through the API: the fallback tag was never asked for.
+    assert!(
+        proxy
+            .requests(&Match::path_contains("/manifests/sha256-"))
+            .is_empty()
+    );
+
+    // A target that has the API indexes subjects itself: no fallback tag.
+    let dst = Registry::start();
+    let target = Faulty::start(&dst);
+    target.always(
+        Match::path_contains("/referrers/"),
+        Fault::Answer {
+            body: page(&[]).into(),
+            content_type: json.into(),
+            headers: vec![],
+        },
+    );
+    import(work.path(), &target.host());
+    for d in [&a, &b] {
+        assert!(
+            images::try_get_manifest(&dst, repo, d).is_some(),
+            "{d} not pushed"
+        );
+    }
+    assert!(
+        !images::list_tags(&dst, repo)
+            .iter()
+            .any(|t| t.starts_with("sha256-")),
+        "{:?}",
+        images::list_tags(&dst, repo)
+    );
+}

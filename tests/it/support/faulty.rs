@@ -147,6 +147,13 @@ pub enum Fault {
         content_type: String,
         digest: Option<String>,
     },
+    /// Answer 200 with this body as `content_type` and these extra headers
+    /// (a referrers API page with its `Link`, say).
+    Answer {
+        body: Bytes,
+        content_type: String,
+        headers: Vec<(String, String)>,
+    },
     /// Answer 302 with the same path and query under this base URL.
     RedirectTo(String),
     /// Read this many bytes of the request body (an upload), then close the
@@ -181,6 +188,7 @@ impl Fault {
             Fault::CorruptBody => "corrupt",
             Fault::Delay(_) => "delay",
             Fault::ReplaceBody { .. } => "replace",
+            Fault::Answer { .. } => "answer",
             Fault::RedirectTo(_) => "redirect",
             Fault::DropRequest(_) => "drop-request",
             Fault::IgnoreRange => "ignore-range",

@@ -113,6 +113,20 @@ async fn respond(
             tokio::time::sleep(wait).await;
             deliver(state, req, None).await
         }
+        Fault::Answer {
+            body,
+            content_type,
+            headers,
+        } => {
+            drain(req).await;
+            let mut resp = Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, content_type);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            Ok(resp.body(full(body)).expect("a valid response"))
+        }
         Fault::ReplaceBody {
             body,
             content_type,
