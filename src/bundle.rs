@@ -206,6 +206,18 @@ impl Bundle {
         }
     }
 
+    /// Where a blob starts in an archive (part, offset), for reading parts
+    /// front to back; layouts have no order.
+    pub fn position(&self, digest: &Digest) -> (u32, u64) {
+        match self {
+            Bundle::Archive { archive, .. } => archive
+                .blob(digest)
+                .and_then(|b| b.pieces.first())
+                .map_or((u32::MAX, 0), |p| (p.part, p.offset)),
+            Bundle::Layout(..) => (0, 0),
+        }
+    }
+
     /// Where a blob's bytes are: a file, or parts.
     pub fn location(&self, digest: &Digest) -> String {
         match self {

@@ -395,6 +395,9 @@ pub async fn import_bundle(
             }
         }
     }
+    // An archive is read part by part, front to back, as far as the blobs
+    // in flight allow.
+    first.sort_by_key(|t| bundle.position(&t.blob.digest));
     let bars: Vec<_> = images
         .iter()
         .enumerate()
