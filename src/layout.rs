@@ -424,6 +424,32 @@ pub fn write_behind(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
     }
 }
 
+/// Waits until a written range is on disk (its data; the file's metadata
+/// is synced once, later). `sync_file_range(2)`, as in [`write_behind`].
+pub fn settle_range(
+    file: &impl std::os::fd::AsRawFd,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as in `write_behind`.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Temporary files are created 0600; a bundle is for others to read too.
 fn set_readable(path: &Path) -> Result<(), LayoutError> {
     use std::os::unix::fs::PermissionsExt;

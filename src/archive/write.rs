@@ -444,6 +444,7 @@ async fn fetch_into_parts(
             .finish()
             .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         writer.flush().await?;
+        writer.settle().await?;
         return Ok(entry.size);
     }
 
@@ -464,6 +465,7 @@ async fn fetch_into_parts(
                 advance(chunk.len() as u64);
             }
             writer.flush().await?;
+            writer.settle().await?;
             Ok(entry.size)
         })
         .await
@@ -479,6 +481,29 @@ struct PieceWriter {
 }
 
 impl PieceWriter {
+    /// Waits until the blob's bytes are on disk, as a layout does for each
+    /// blob: spread over the run, this leaves little for the sync before
+    /// the index.
+    async fn settle(&self) -> Result<(), ArchiveError> {
+        let pieces = self.entry.pieces.clone();
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || {
+            for p in pieces {
+                if let Some(file) = &files[p.part as usize - 1] {
+                    crate::layout::settle_range(file, p.offset, p.length)?;
+                    file.sync_data()?;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| ArchiveError::Invalid(format!("sync task failed: {e}")))?
+        .map_err(|source| ArchiveError::Io {
+            path: PathBuf::from(format!("part of blob {}", self.entry.digest)),
+            source,
+        })
+    }
+
     async fn push(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
         self.buffer.extend_from_slice(bytes);
         if self.buffer.len() >= WRITE_BUFFER {
@@ -604,7 +629,14 @@ fn advance_part(
             return Ok(());
         }
         let path = part.path.clone();
-        if let Some(sha) = part.complete(offset).map_err(io_err(&path))? {
+        let done = part.complete(offset).map_err(io_err(&path))?;
+        tracing::trace!(
+            "part {} hashed to byte {} of {}",
+            part_label(number),
+            part.done,
+            part.size
+        );
+        if let Some(sha) = done {
             let mut s = state.lock().expect("state lock");
             s.complete.insert(number, sha);
             save_state(&paths, &s)?;
@@ -653,9 +685,12 @@ async fn hash_file(path: PathBuf) -> std::io::Result<String> {
     .map_err(std::io::Error::other)?
 }
 
+/// Records the resume state. Not synced: a re-run checks every part it
+/// names against its hash anyway, and on ext4 an fsync here would wait for
+/// all the part data written so far.
 fn save_state(paths: &ArchivePaths, state: &State) -> Result<(), ArchiveError> {
     let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-    write_atomic(&paths.state(), &bytes)
+    write_atomic(&paths.state(), &bytes, false)
 }
 
 /// Writes the index and the `sha256sum -c` file, atomically.
@@ -670,11 +705,11 @@ fn write_final(paths: &ArchivePaths, index: &ArchiveIndex) -> Result<(), Archive
         hex::encode(Sha256::digest(&index_bytes)),
         paths.name()
     ));
-    write_atomic(&paths.index(), &index_bytes)?;
-    write_atomic(&paths.checksums(), sums.as_bytes())
+    write_atomic(&paths.index(), &index_bytes, true)?;
+    write_atomic(&paths.checksums(), sums.as_bytes(), true)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ArchiveError> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -682,7 +717,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
         .unwrap_or(Path::new("."));
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     temp.write_all(bytes).map_err(io_err(path))?;
-    temp.as_file().sync_all().map_err(io_err(path))?;
+    if durable {
+        temp.as_file().sync_all().map_err(io_err(path))?;
+    }
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))
