@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 
-use super::{LAYER, Work, assert_exported, failed_cleanly, stdout};
+use super::{LAYER, Work, assert_exported, failed_cleanly, stderr, stdout};
 use crate::support::faulty::{Fault, Faulty, Listener, Match, TokenAuth};
 use crate::support::images::{self, PushedImage};
 use crate::support::registry::{Registry, RegistryOptions};
@@ -273,4 +273,53 @@ fn https_spoken_to_a_plain_http_registry_says_to_pass_plain_http() {
 
     let line = err.lines().find(|l| l.contains(&reference)).unwrap_or(&err);
     assert!(line.contains("pass --plain-http"), "{err}");
+}
+
+#[test]
+fn credentials_come_from_a_docker_credential_helper() {
+    use std::os::unix::fs::PermissionsExt;
+    let (user, pass) = ("erin", "helper-pass-5d2a");
+    let reg = Registry::start_with(RegistryOptions {
+        htpasswd: Some((user.into(), pass.into())),
+        ..RegistryOptions::default()
+    });
+    let img = image(&reg, "team/helped", 26);
+    let work = Work::new();
+
+    // A credential helper as docker runs them: `get` reads the server on
+    // stdin and prints the secret as JSON.
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-airlocktest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$server\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = work.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let config = serde_json::json!({ "credHelpers": { reg.host(): "airlocktest" } });
+    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let a = work
+        .airlock()
+        .env("DOCKER_CONFIG", &docker)
+        .env("PATH", path)
+        .args(["export", "--plain-http", "-vv", "-o"])
+        .arg(work.bundle())
+        .arg(img.reference())
+        .assert()
+        .success();
+    assert_exported(&work.bundle(), &img.reference(), &img);
+    let out = format!("{}{}", stdout(&a), stderr(&a));
+    assert!(!out.contains(pass), "the helper's secret was printed");
 }
