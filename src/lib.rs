@@ -55,3 +55,18 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Runs `work` on a task of its own, so that the hashing of many blobs
+/// spreads over every core, and reports its error (or the task's panic) as
+/// one line of text for a run's report.
+pub async fn on_task<T, E, F>(work: F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(r) => r.map_err(|e| error_chain(&e)),
+        Err(e) => Err(format!("task failed: {e}")),
+    }
+}

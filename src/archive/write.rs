@@ -223,16 +223,13 @@ pub async fn export_to_archive(
             let bar = bars[i].clone();
             async move {
                 let digest = entry.digest.clone();
-                let task = tokio::spawn(async move {
+                let outcome = crate::on_task(async move {
                     fetch_into_parts(&client, &scratch, &source, &entry, &files, &|n| {
                         progress.advance(&bar, n)
                     })
                     .await
-                });
-                let outcome = match task.await {
-                    Ok(r) => r.map_err(|e| crate::error_chain(&e)),
-                    Err(e) => Err(format!("download task failed: {e}")),
-                };
+                })
+                .await;
                 (digest, outcome)
             }
         })

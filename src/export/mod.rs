@@ -183,26 +183,17 @@ pub async fn export_to_layout(
             let bar = bars[i].clone();
             let digest = blob.digest.clone();
             async move {
-                let task = tokio::spawn(async move {
+                let outcome = crate::on_task(async move {
                     fetch_blob(&client, &layout, &source, &blob, &|n| {
                         progress.advance(&bar, n)
                     })
                     .await
-                });
-                let outcome = match task.await {
-                    Ok(r) => r.map_err(|e| crate::error_chain(&e)),
-                    Err(e) => Err(format!("download task failed: {e}")),
-                };
+                })
+                .await;
                 (digest, outcome)
             }
         })
         .buffer_unordered(jobs)
-        .filter_map(|(digest, outcome)| async move {
-            match outcome {
-                Ok(size) => Some((digest, Ok(size))),
-                Err(e) => Some((digest, Err(e))),
-            }
-        })
         .fold(HashMap::new(), |mut failures, (digest, outcome)| {
             match outcome {
                 Ok(size) => {
