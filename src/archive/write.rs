@@ -184,13 +184,16 @@ pub async fn export_to_archive(
         }
     }
 
-    // Fetch the blobs whose bytes some unfinished part still lacks.
+    // Fetch the blobs whose bytes some unfinished part still lacks;
+    // manifests were written with the part.
+    let inline: std::collections::HashSet<&Digest> = blobs
+        .iter()
+        .filter(|b| b.inline.is_some())
+        .map(|b| &b.digest)
+        .collect();
     let mut wanted = Vec::new();
     for entry in &plan.blobs {
-        let inline = matches!(
-            first_content(&plan, &entry.digest),
-            Some(Content::Inline(_))
-        );
+        let inline = inline.contains(&entry.digest);
         let needed = entry
             .pieces
             .iter()
@@ -391,18 +394,6 @@ fn open_parts(
     Ok(files)
 }
 
-fn first_content<'a>(plan: &'a Plan, digest: &Digest) -> Option<&'a Content> {
-    plan.parts
-        .iter()
-        .flat_map(|p| p.members.iter())
-        .find(|m| match &m.content {
-            Content::Blob { digest: d, .. } => d == digest,
-            Content::Inline(_) => m.path.ends_with(digest.hex()),
-            Content::Identity => false,
-        })
-        .map(|m| &m.content)
-}
-
 /// Downloads one blob into its pieces; returns its size.
 async fn fetch_into_parts(
     client: &Client,
@@ -412,15 +403,10 @@ async fn fetch_into_parts(
     files: &Arc<Vec<Option<std::fs::File>>>,
     advance: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, ArchiveError> {
-    let mut writer = PieceWriter {
-        entry: entry.clone(),
-        files: files.clone(),
-        buffer: Vec::with_capacity(WRITE_BUFFER),
-        offset: 0,
-    };
     if scratch.has_blob(&entry.digest, entry.size) {
         // Already fetched (a config read to check a platform, a converted
         // schema1 layer): copy it over, verified again on the way.
+        let mut writer = PieceWriter::new(entry, files);
         let path = scratch.blob_path(&entry.digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
         let mut verifier = crate::digest::Verifier::new(&entry.digest, Some(entry.size));
@@ -450,12 +436,7 @@ async fn fetch_into_parts(
     // corrupted transfer starts over and overwrites the same offsets.
     client
         .retry_corrupt(&entry.digest, || async {
-            let mut writer = PieceWriter {
-                entry: entry.clone(),
-                files: files.clone(),
-                buffer: Vec::with_capacity(WRITE_BUFFER),
-                offset: 0,
-            };
+            let mut writer = PieceWriter::new(entry, files);
             let mut reader = client.blob_reader(source, &entry.digest, entry.size);
             while let Some(chunk) = reader.next_chunk().await? {
                 writer.push(&chunk).await?;
@@ -478,27 +459,48 @@ struct PieceWriter {
 }
 
 impl PieceWriter {
+    fn new(entry: &super::BlobEntry, files: &Arc<Vec<Option<std::fs::File>>>) -> PieceWriter {
+        PieceWriter {
+            entry: entry.clone(),
+            files: files.clone(),
+            buffer: Vec::with_capacity(WRITE_BUFFER),
+            offset: 0,
+        }
+    }
+
+    /// Runs blocking file work on the blob's pieces off the async threads,
+    /// naming the blob when it fails.
+    async fn on_files<F>(&self, work: F) -> Result<(), ArchiveError>
+    where
+        F: FnOnce(Vec<super::Piece>, &[Option<std::fs::File>]) -> std::io::Result<()>
+            + Send
+            + 'static,
+    {
+        let pieces = self.entry.pieces.clone();
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || work(pieces, &files))
+            .await
+            .map_err(|e| ArchiveError::Invalid(format!("file task failed: {e}")))?
+            .map_err(|source| ArchiveError::Io {
+                path: PathBuf::from(format!("part of blob {}", self.entry.digest)),
+                source,
+            })
+    }
+
     /// Waits until the blob's bytes are on disk, as a layout does for each
     /// blob: spread over the run, this leaves little for the sync before
     /// the index.
     async fn settle(&self) -> Result<(), ArchiveError> {
-        let pieces = self.entry.pieces.clone();
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || {
+        self.on_files(|pieces, files| {
             for p in pieces {
                 if let Some(file) = &files[p.part as usize - 1] {
                     crate::layout::settle_range(file, p.offset, p.length)?;
                     file.sync_data()?;
                 }
             }
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
-        .map_err(|e| ArchiveError::Invalid(format!("sync task failed: {e}")))?
-        .map_err(|source| ArchiveError::Io {
-            path: PathBuf::from(format!("part of blob {}", self.entry.digest)),
-            source,
-        })
     }
 
     async fn push(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
@@ -516,9 +518,7 @@ impl PieceWriter {
         let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
         let start = self.offset;
         self.offset += buffer.len() as u64;
-        let pieces = self.entry.pieces.clone();
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || {
+        self.on_files(move |pieces, files| {
             let mut blob_pos = 0u64;
             for piece in pieces {
                 let (lo, hi) = (blob_pos, blob_pos + piece.length);
@@ -537,14 +537,9 @@ impl PieceWriter {
                 file.write_all_at(slice, at)?;
                 crate::layout::write_behind(file, at, slice.len() as u64);
             }
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
-        .map_err(|e| ArchiveError::Invalid(format!("write task failed: {e}")))?
-        .map_err(|source| ArchiveError::Io {
-            path: PathBuf::from(format!("part of blob {}", self.entry.digest)),
-            source,
-        })
     }
 }
 

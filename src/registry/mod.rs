@@ -26,7 +26,7 @@ use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use crate::digest::{Digest, VerifyError};
+use crate::digest::{Algorithm, Digest, Hasher, VerifyError};
 use crate::manifest::{ACCEPT as MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 use crate::reference::ImageRef;
 use auth::{CredentialSource, Credentials};
@@ -545,35 +545,40 @@ fn verify_manifest(
     // registry re-signs on every GET, so the bytes change and the digest
     // does not); every other manifest over its bytes.
     let schema1 = body.windows(10).any(|w| w == b"\"fsLayers\"");
-    let digest_as = |like: &Digest| -> Result<Digest, RegistryError> {
+    let digest_as = |algorithm: Algorithm| -> Result<Digest, RegistryError> {
         if schema1 {
             crate::schema1::payload_digest(body).map_err(|e| RegistryError::Protocol {
                 what: what.to_string(),
                 reason: crate::error_chain(&e),
             })
         } else {
-            Ok(like.recompute(body))
+            let mut h = Hasher::new(algorithm);
+            h.update(body);
+            Ok(h.finish())
+        }
+    };
+    let check = |want: &Digest, actual: Digest| {
+        if &actual == want {
+            Ok(())
+        } else {
+            Err(verify_err(VerifyError::Digest {
+                expected: want.clone(),
+                actual,
+            }))
         }
     };
     if let Some(want) = image.digest() {
-        let actual = digest_as(want)?;
-        if &actual != want {
-            return Err(verify_err(VerifyError::Digest {
-                expected: want.clone(),
-                actual,
-            }));
-        }
+        check(want, digest_as(want.algorithm())?)?;
         return Ok(want.clone());
     }
-    let computed = digest_as(&Digest::sha256_of(b""))?;
+    let computed = digest_as(Algorithm::Sha256)?;
     if let Some(h) = header.and_then(|h| h.parse::<Digest>().ok()) {
-        let ours = digest_as(&h)?;
-        if ours != h {
-            return Err(verify_err(VerifyError::Digest {
-                expected: h,
-                actual: ours,
-            }));
-        }
+        let ours = if h.algorithm() == Algorithm::Sha256 {
+            computed.clone()
+        } else {
+            digest_as(h.algorithm())?
+        };
+        check(&h, ours)?;
     }
     Ok(computed)
 }
