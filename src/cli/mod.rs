@@ -144,16 +144,22 @@ pub fn init_logging(cli: &Cli) {
         (true, _) => "error,rustls=off",
         (false, 0) => "warn,rustls=off",
         (false, 1) => "airlock=info,warn",
-        (false, 2) => "airlock=debug,oci_client=debug,info",
-        _ => "airlock=trace,oci_client=debug,info",
+        (false, 2) => "airlock=debug,info",
+        _ => "airlock=trace,info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    // From -vv on, lines carry the time since start: enough to see where
+    // the seconds of a run go.
+    if cli.verbose >= 2 {
+        logs.with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        logs.without_time().init();
+    }
 }
 
 /// Runs the chosen subcommand.

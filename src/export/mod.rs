@@ -450,6 +450,7 @@ async fn fetch_blob(
                 advance(chunk.len() as u64);
             }
             temp.commit().await?;
+            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
             Ok(blob.size)
         })
         .await

@@ -340,7 +340,12 @@ impl Client {
                 AuthHeader::Basic(c) => request.basic_auth(&c.username, Some(&c.password)),
                 AuthHeader::Bearer(t) => request.bearer_auth(t),
             };
-            let failure = match request.send().await {
+            let started = std::time::Instant::now();
+            let sent = request.send().await;
+            if let Ok(resp) = &sent {
+                tracing::trace!("{what}: {} in {:?}", resp.status(), started.elapsed());
+            }
+            let failure = match sent {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     // A token may have expired mid-run: fetch a new one once.
                     reauthed = true;
