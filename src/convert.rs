@@ -346,9 +346,9 @@ async fn layer_with_diff_id(
             let mut temp = layout.begin_blob(&blob.digest).await?;
             let mut hasher = DiffIdHasher::new();
             while let Some(chunk) = reader.next_chunk().await? {
-                temp.write(&chunk).await?;
                 advance(chunk.len() as u64);
                 hasher.update(&chunk).map_err(diff_err)?;
+                temp.write(chunk).await?;
             }
             // The reader verified the digest before it reported the end.
             temp.commit().await?;

@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 use crate::digest::{Digest, VerifyError, verify_bytes};
 use crate::manifest::{Descriptor, OCI_INDEX};
@@ -290,10 +290,10 @@ impl Layout {
             source: e.error,
         })?;
         Ok(TempBlob {
-            writer: Some(BufWriter::with_capacity(
-                1 << 20,
-                tokio::fs::File::from_std(file),
-            )),
+            file: Arc::new(file),
+            pending: Vec::new(),
+            pending_len: 0,
+            in_flight: None,
             path,
             target: self.blob_path(digest),
             committed: false,
@@ -340,42 +340,99 @@ impl Layout {
 }
 
 /// A blob being written; it reaches `blobs/` only through [`TempBlob::commit`].
+///
+/// Chunks are kept as they came (no copy) until a batch of them is worth a
+/// system call; the batch is then written by one `writev` on a blocking
+/// thread while the next one gathers, so the async threads never wait for
+/// the page cache and a blob's bytes are copied only by the kernel.
 pub struct TempBlob {
-    writer: Option<BufWriter<tokio::fs::File>>,
+    file: Arc<std::fs::File>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     path: PathBuf,
     target: PathBuf,
     committed: bool,
-    /// Bytes written so far, and how many of them writeback was asked for.
+    /// Bytes handed to the file so far, and how many of them writeback was
+    /// asked for.
     written: u64,
     kicked: u64,
 }
+
+/// How much is gathered before it is written.
+const BATCH: usize = 1 << 20;
 
 /// How much is written before writeback of it is started.
 const WRITE_BEHIND: u64 = 8 << 20;
 
 impl TempBlob {
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
-        let w = self.writer.as_mut().expect("writer lives until commit");
-        w.write_all(bytes).await.map_err(io_err(&self.path))?;
-        self.written += bytes.len() as u64;
-        if self.written - self.kicked >= WRITE_BEHIND {
-            w.flush().await.map_err(io_err(&self.path))?;
-            write_behind(w.get_ref(), self.kicked, self.written - self.kicked);
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), LayoutError> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= BATCH {
+            self.write_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing what has gathered, once the batch before it is done.
+    async fn write_batch(&mut self) -> Result<(), LayoutError> {
+        self.wait_for_batch().await?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.written += std::mem::take(&mut self.pending_len) as u64;
+        let kick = (self.written - self.kicked >= WRITE_BEHIND).then(|| {
+            let range = (self.kicked, self.written - self.kicked);
+            self.kicked = self.written;
+            range
+        });
+        let file = Arc::clone(&self.file);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            write_all_vectored(&file, batch)?;
+            if let Some((offset, len)) = kick {
+                write_behind(&*file, offset, len);
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn wait_for_batch(&mut self) -> Result<(), LayoutError> {
+        if let Some(task) = self.in_flight.take() {
+            task.await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes out everything gathered and starts its writeback: what is
+    /// left to do is waiting for the disk, in [`TempBlob::commit`].
+    pub async fn finish(&mut self) -> Result<(), LayoutError> {
+        self.write_batch().await?;
+        self.wait_for_batch().await?;
+        if self.written > self.kicked {
+            write_behind(&*self.file, self.kicked, self.written - self.kicked);
             self.kicked = self.written;
         }
         Ok(())
     }
 
-    /// Flushes, syncs and renames the blob into place. Call only after the
-    /// verifier accepted every byte written.
+    /// Writes out, syncs and renames the blob into place. Call only after
+    /// the verifier accepted every byte written.
     pub async fn commit(mut self) -> Result<(), LayoutError> {
-        let mut w = self.writer.take().expect("writer lives until commit");
-        w.flush().await.map_err(io_err(&self.path))?;
-        let file = w.into_inner();
+        self.finish().await?;
         // The data (and the size that finds it) must be on disk before the
         // name is: a rename after a crash must never name garbage.
-        file.sync_data().await.map_err(io_err(&self.path))?;
-        drop(file);
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(io_err(&self.path))?;
         set_readable(&self.path)?;
         tokio::fs::rename(&self.path, &self.target)
             .await
@@ -383,6 +440,21 @@ impl TempBlob {
         self.committed = true;
         Ok(())
     }
+}
+
+/// Writes every chunk, in order, at the file's position.
+fn write_all_vectored(mut file: &std::fs::File, chunks: Vec<Bytes>) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = file.write_vectored(rest)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 impl Drop for TempBlob {
@@ -495,7 +567,7 @@ mod tests {
         let layout = Layout::create(dir.path()).unwrap();
         let d = Digest::sha256_of(b"abc");
         let mut t = layout.begin_blob(&d).await.unwrap();
-        t.write(b"ab").await.unwrap();
+        t.write(Bytes::from_static(b"ab")).await.unwrap();
         drop(t);
         assert!(!layout.has_blob(&d, 3));
         let leftovers = std::fs::read_dir(dir.path().join(".airlock/tmp"))
@@ -503,10 +575,39 @@ mod tests {
             .count();
         assert_eq!(leftovers, 0);
         let mut t = layout.begin_blob(&d).await.unwrap();
-        t.write(b"abc").await.unwrap();
+        t.write(Bytes::from_static(b"abc")).await.unwrap();
         t.commit().await.unwrap();
         assert!(layout.has_blob(&d, 3));
         assert_eq!(&layout.read_small_blob(&d, Some(3)).unwrap()[..], b"abc");
+    }
+
+    /// Chunks of every size, across batch and writeback boundaries, land
+    /// in order and whole.
+    #[tokio::test]
+    async fn batched_writes_keep_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let mut data = Vec::new();
+        let mut x = 7u32;
+        while data.len() < (WRITE_BEHIND as usize) * 2 + BATCH / 3 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        let d = Digest::sha256_of(&data);
+        let mut t = layout.begin_blob(&d).await.unwrap();
+        let (mut at, mut step) = (0, 1);
+        while at < data.len() {
+            let end = (at + step).min(data.len());
+            t.write(Bytes::copy_from_slice(&data[at..end]))
+                .await
+                .unwrap();
+            at = end;
+            step = step * 3 % (BATCH + 17) + 1;
+        }
+        t.commit().await.unwrap();
+        let stored = std::fs::read(layout.blob_path(&d)).unwrap();
+        assert_eq!(stored.len(), data.len());
+        assert!(stored == data, "stored bytes differ");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use crate::base::{Base, BaseInfo, layout_base_path, read_layout_base};
 use crate::convert::{Pending, Schema1Mode, convert_pending};
 use crate::digest::Digest;
-use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
+use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME, TempBlob};
 use crate::lock::{LockedBlob, LockedImage};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
@@ -166,6 +166,10 @@ pub async fn export_to_layout(
             }
         }
     }
+    // Largest first: the big blobs set the length of the run, and small
+    // ones fill in around them at the end instead of a big one running on
+    // alone.
+    wanted.sort_by_key(|w| std::cmp::Reverse(w.0.size));
     let bars: Vec<_> = images
         .iter()
         .enumerate()
@@ -175,7 +179,12 @@ pub async fn export_to_layout(
             progress.image(&image.reference.name(), bytes)
         })
         .collect();
-    let failures: HashMap<Digest, String> = futures::stream::iter(wanted)
+    // A download gives its slot up once its bytes are in and verified; the
+    // wait for the disk (sync, then rename) finishes on a task of its own,
+    // so the next download starts at once.
+    let mut failures: HashMap<Digest, String> = HashMap::new();
+    let mut commits = Vec::new();
+    let mut downloads = futures::stream::iter(wanted)
         .map(|(blob, source, i)| {
             let client = client.clone();
             let layout = layout.clone();
@@ -193,20 +202,32 @@ pub async fn export_to_layout(
                 (digest, outcome)
             }
         })
-        .buffer_unordered(jobs)
-        .fold(HashMap::new(), |mut failures, (digest, outcome)| {
-            match outcome {
-                Ok(size) => {
-                    report.blobs_fetched += 1;
-                    report.bytes_fetched += size;
-                }
-                Err(e) => {
-                    failures.insert(digest, e);
-                }
+        .buffer_unordered(jobs);
+    while let Some((digest, outcome)) = downloads.next().await {
+        match outcome {
+            Ok((size, temp)) => {
+                let commit = crate::on_task(temp.commit());
+                commits.push((digest, size, tokio::spawn(commit)));
             }
-            async move { failures }
-        })
-        .await;
+            Err(e) => {
+                failures.insert(digest, e);
+            }
+        }
+    }
+    for (digest, size, commit) in commits {
+        match commit.await {
+            Ok(Ok(())) => {
+                report.blobs_fetched += 1;
+                report.bytes_fetched += size;
+            }
+            Ok(Err(e)) => {
+                failures.insert(digest, e);
+            }
+            Err(e) => {
+                failures.insert(digest, format!("task failed: {e}"));
+            }
+        }
+    }
     for bar in &bars {
         bar.finish_and_clear();
     }
@@ -431,14 +452,15 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
     }
 }
 
-/// Downloads one blob into the layout; returns its size.
+/// Downloads one blob into a temporary file of the layout, verified;
+/// returns its size and the file, for [`TempBlob::commit`].
 async fn fetch_blob(
     client: &Client,
     layout: &Layout,
     source: &ImageRef,
     blob: &Descriptor,
     advance: &(dyn Fn(u64) + Sync),
-) -> Result<u64, ImageError> {
+) -> Result<(u64, TempBlob), ImageError> {
     client
         .retry_corrupt(&blob.digest, || async {
             let mut reader = client.blob_reader(source, &blob.digest, blob.size);
@@ -446,12 +468,12 @@ async fn fetch_blob(
             // The reader verifies digest and size before it returns None,
             // so the rename in commit only ever publishes verified bytes.
             while let Some(chunk) = reader.next_chunk().await? {
-                temp.write(&chunk).await?;
                 advance(chunk.len() as u64);
+                temp.write(chunk).await?;
             }
-            temp.commit().await?;
-            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
-            Ok(blob.size)
+            temp.finish().await?;
+            tracing::debug!("blob {}: {} bytes in", blob.digest, blob.size);
+            Ok((blob.size, temp))
         })
         .await
 }
