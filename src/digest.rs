@@ -10,7 +10,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha512};
+
+pub mod sha256;
+pub use sha256::Sha256;
 
 /// A digest string that is not of the form `algorithm:hex` we accept.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,7 +78,7 @@ impl Digest {
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         Digest {
             algorithm: Algorithm::Sha256,
-            hex: hex::encode(Sha256::digest(bytes)),
+            hex: hex::encode(sha2::Sha256::digest(bytes)),
         }
     }
 
@@ -205,7 +208,8 @@ impl Hasher {
 pub struct Verifier {
     expected: Digest,
     expected_size: Option<u64>,
-    hasher: Hasher,
+    /// None: the size only, see [`Verifier::size_only`].
+    hasher: Option<Hasher>,
     seen: u64,
 }
 
@@ -214,7 +218,19 @@ impl Verifier {
         Verifier {
             expected: expected.clone(),
             expected_size,
-            hasher: Hasher::new(expected.algorithm),
+            hasher: Some(Hasher::new(expected.algorithm)),
+            seen: 0,
+        }
+    }
+
+    /// Checks the size only. For bytes whose digest another verifier
+    /// checks later, before anything names them (an archive checks a blob
+    /// while it hashes the part around it).
+    pub fn size_only(expected: &Digest, size: u64) -> Verifier {
+        Verifier {
+            expected: expected.clone(),
+            expected_size: Some(size),
+            hasher: None,
             seen: 0,
         }
     }
@@ -227,7 +243,29 @@ impl Verifier {
         {
             return Err(self.size_error());
         }
-        self.hasher.update(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
+        Ok(())
+    }
+
+    /// As [`Verifier::update`], and feeds the same bytes to `along` (an
+    /// archive part's hash) in the same pass where it can.
+    pub fn update_along(&mut self, along: &mut Sha256, bytes: &[u8]) -> Result<(), VerifyError> {
+        self.seen += bytes.len() as u64;
+        if let Some(size) = self.expected_size
+            && self.seen > size
+        {
+            return Err(self.size_error());
+        }
+        match &mut self.hasher {
+            Some(Hasher::Sha256(h)) => Sha256::update_both(h, along, bytes),
+            Some(Hasher::Sha512(h)) => {
+                h.update(bytes);
+                along.update(bytes);
+            }
+            None => along.update(bytes),
+        }
         Ok(())
     }
 
@@ -240,6 +278,10 @@ impl Verifier {
         &self.expected
     }
 
+    pub fn expected_size(&self) -> Option<u64> {
+        self.expected_size
+    }
+
     /// Compares size and digest of everything fed.
     pub fn finish(self) -> Result<u64, VerifyError> {
         if let Some(size) = self.expected_size
@@ -247,7 +289,10 @@ impl Verifier {
         {
             return Err(self.size_error());
         }
-        let actual = self.hasher.finish();
+        let Some(hasher) = self.hasher else {
+            return Ok(self.seen);
+        };
+        let actual = hasher.finish();
         if actual != self.expected {
             return Err(VerifyError::Digest {
                 expected: self.expected,

@@ -16,18 +16,17 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::contents::{archive_index, base_info, contents};
 use super::plan::{BLOCK, Content, Plan, header, plan};
 use super::{ArchiveError, ArchiveIndex, ArchivePaths, part_label};
 use crate::convert::convert_pending;
-use crate::digest::Digest;
+use crate::digest::{Digest, Sha256, Verifier};
 use crate::export::{ExportOptions, ExportReport, resolve_all};
 use crate::layout::Layout;
 use crate::progress::{Progress, human_bytes, rate};
 use crate::reference::ImageRef;
-use crate::registry::Client;
+use crate::registry::{Client, RetryClass as _};
 
 /// How much of a blob is gathered before it is written to its part.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -159,31 +158,24 @@ pub async fn export_to_archive(
         &plan,
         &state.lock().expect("state lock"),
     )?);
-    // Each unfinished part is hashed front to back as its bytes become
-    // final, so its sha256 is ready soon after its last blob lands.
-    let hashers: Arc<Vec<Option<Mutex<PartHash>>>> = Arc::new(
-        plan.parts
-            .iter()
-            .map(|p| {
-                files[p.number as usize - 1]
-                    .is_some()
-                    .then(|| Mutex::new(PartHash::new(p, paths.part(p.number))))
-            })
-            .collect(),
-    );
-    let mut hashing = Vec::new();
-    for part in &plan.parts {
-        if hashers[part.number as usize - 1].is_some() {
-            hashing.push(advance_part(
-                paths.clone(),
-                hashers.clone(),
-                part.number,
-                None,
-                state.clone(),
-            ));
-        }
-    }
-
+    // Each unfinished part is hashed front to back as its bytes are
+    // written, so its sha256 is ready soon after its last blob lands.
+    let hashers = Hashers {
+        paths: paths.clone(),
+        state: state.clone(),
+        parts: Arc::new(
+            plan.parts
+                .iter()
+                .map(|p| {
+                    files[p.number as usize - 1].is_some().then(|| PartSlot {
+                        events: Mutex::new(Vec::new()),
+                        hash: Mutex::new(PartHash::new(p, &plan, paths.part(p.number))),
+                    })
+                })
+                .collect(),
+        ),
+        tasks: Arc::new(Mutex::new(Vec::new())),
+    };
     // Fetch the blobs whose bytes some unfinished part still lacks;
     // manifests were written with the part.
     let inline: std::collections::HashSet<&Digest> = blobs
@@ -206,6 +198,22 @@ pub async fn export_to_archive(
             wanted.push((entry.clone(), image));
         }
     }
+    // Each part is hashed front to back, so its blobs are fetched front
+    // first, the parts taking turns: every part's hash moves on from the
+    // start, on as many threads as there are parts.
+    let mut rank: HashMap<u32, usize> = HashMap::new();
+    let mut order: Vec<(usize, u32, u64)> = wanted
+        .iter()
+        .map(|(entry, _)| {
+            let first = entry.pieces[0];
+            let r = rank.entry(first.part).or_default();
+            *r += 1;
+            (*r, first.part, first.offset)
+        })
+        .collect();
+    let mut keyed: Vec<_> = order.drain(..).zip(wanted).collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    let mut wanted: Vec<_> = keyed.into_iter().map(|(_, w)| w).collect();
     let bars: Vec<_> = images
         .iter()
         .enumerate()
@@ -216,69 +224,103 @@ pub async fn export_to_archive(
         })
         .collect();
     let jobs = options.jobs.max(1);
-    let results: Vec<(Digest, Result<u64, String>)> = futures::stream::iter(wanted)
-        .map(|(entry, i)| {
-            let client = client.clone();
-            let source = images[i].reference.clone();
-            let scratch = scratch.clone();
-            let files = files.clone();
-            let progress = progress.clone();
-            let bar = bars[i].clone();
-            async move {
-                let digest = entry.digest.clone();
-                let outcome = crate::on_task(async move {
-                    fetch_into_parts(&client, &scratch, &source, &entry, &files, &|n| {
-                        progress.advance(&bar, n)
+    for p in &plan.parts {
+        hashers.send(p.number, Event::Start);
+    }
+    // Blobs that lie whole in one part have their digest checked while the
+    // part is hashed (one pass for both); one that fails it is fetched
+    // again, as often as the retry budget allows.
+    let mut fetched: HashMap<Digest, u64> = HashMap::new();
+    let mut failures: HashMap<Digest, String> = HashMap::new();
+    let mut round = 0;
+    loop {
+        let results: Vec<(Digest, Result<Fetched, String>)> = futures::stream::iter(wanted.clone())
+            .map(|(entry, i)| {
+                let client = client.clone();
+                let source = images[i].reference.clone();
+                let scratch = scratch.clone();
+                let files = files.clone();
+                let progress = progress.clone();
+                let bar = bars[i].clone();
+                let hashers = hashers.clone();
+                async move {
+                    let digest = entry.digest.clone();
+                    let outcome = crate::on_task(async move {
+                        fetch_into_parts(
+                            &client,
+                            &scratch,
+                            &source,
+                            &entry,
+                            &files,
+                            &hashers,
+                            &|n| progress.advance(&bar, n),
+                        )
+                        .await
                     })
-                    .await
-                })
-                .await;
-                (digest, outcome)
-            }
-        })
-        .buffer_unordered(jobs)
-        .then(|(digest, outcome)| {
-            // The blob's bytes are final: hash its parts on from there.
-            if outcome.is_ok()
-                && let Some(entry) = plan.blobs.iter().find(|b| b.digest == digest)
-            {
-                for piece in &entry.pieces {
-                    if hashers[piece.part as usize - 1].is_some() {
-                        hashing.push(advance_part(
-                            paths.clone(),
-                            hashers.clone(),
-                            piece.part,
-                            Some(piece.offset),
-                            state.clone(),
-                        ));
-                    }
+                    .await;
+                    (digest, outcome)
+                }
+            })
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+        let mut corrupt = Vec::new();
+        for (digest, outcome) in results {
+            match outcome {
+                Ok(Ok(size)) => {
+                    fetched.insert(digest, size);
+                }
+                Ok(Err(why)) => corrupt.push((digest, why)),
+                Err(e) => {
+                    failures.insert(digest, e);
                 }
             }
-            futures::future::ready((digest, outcome))
-        })
-        .collect()
-        .await;
+        }
+        corrupt.extend(hashers.join().await?);
+        // A blob whose transfer went wrong is rewound in its part, unless
+        // its bytes had already passed their check there.
+        let mut again = Vec::new();
+        for (digest, why) in corrupt {
+            let Some(entry) = plan.blobs.iter().find(|b| b.digest == digest) else {
+                continue;
+            };
+            let piece = entry.pieces[0];
+            if entry.pieces.len() == 1 && !hashers.rewind(piece.part, piece.offset) {
+                fetched.insert(digest, entry.size);
+                continue;
+            }
+            fetched.remove(&digest);
+            again.push((digest, why));
+        }
+        if again.is_empty() {
+            break;
+        }
+        round += 1;
+        for (digest, why) in &again {
+            if round > client.retries() {
+                failures.insert(digest.clone(), why.clone());
+            } else {
+                tracing::warn!(
+                    "blob {digest} arrived corrupted ({why}); fetching it again ({round}/{})",
+                    client.retries()
+                );
+            }
+        }
+        if round > client.retries() {
+            break;
+        }
+        wanted.retain(|(entry, _)| again.iter().any(|(d, _)| d == &entry.digest));
+    }
     for bar in &bars {
         bar.finish_and_clear();
-    }
-    for r in futures::future::join_all(hashing).await {
-        r.map_err(|e| ArchiveError::Invalid(format!("hash task failed: {e}")))??;
     }
     // Every part this run wrote reaches the disk before the index that
     // describes it is written.
     sync_parts(&files).await?;
 
-    let mut failures = HashMap::new();
-    for (digest, outcome) in results {
-        match outcome {
-            Ok(size) => {
-                report.export.blobs_fetched += 1;
-                report.export.bytes_fetched += size;
-            }
-            Err(e) => {
-                failures.insert(digest, e);
-            }
-        }
+    for size in fetched.values() {
+        report.export.blobs_fetched += 1;
+        report.export.bytes_fetched += size;
     }
     if !failures.is_empty() {
         // Parts with holes stay unfinished; a re-run resumes from the state.
@@ -394,19 +436,33 @@ fn open_parts(
     Ok(files)
 }
 
-/// Downloads one blob into its pieces; returns its size.
+/// A blob's size once it is in, or why its bytes must be fetched again.
+type Fetched = Result<u64, String>;
+
+/// Downloads one blob into its pieces; returns its size, or why its bytes
+/// must be fetched again (the part's hasher checks what it has seen of
+/// them).
 async fn fetch_into_parts(
     client: &Client,
     scratch: &Layout,
     source: &ImageRef,
     entry: &super::BlobEntry,
     files: &Arc<Vec<Option<std::fs::File>>>,
+    hashers: &Hashers,
     advance: &(dyn Fn(u64) + Sync),
-) -> Result<u64, ArchiveError> {
+) -> Result<Fetched, ArchiveError> {
+    // A blob whole in one part is checked by the part's hasher, which
+    // reads it back (from the page cache) as it is written: one pass
+    // hashes both. A blob in pieces over several parts is checked as it
+    // arrives, and its pieces are hashed once it verified.
+    let whole_in_one_part = entry.pieces.len() == 1;
+    let mut writer = PieceWriter::new(entry, files);
+    if whole_in_one_part {
+        writer.notify = Some((hashers.clone(), entry.pieces[0]));
+    }
     if scratch.has_blob(&entry.digest, entry.size) {
         // Already fetched (a config read to check a platform, a converted
-        // schema1 layer): copy it over, verified again on the way.
-        let mut writer = PieceWriter::new(entry, files);
+        // schema1 layer): copy it over, checked again on the way.
         let path = scratch.blob_path(&entry.digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
         let mut verifier = crate::digest::Verifier::new(&entry.digest, Some(entry.size));
@@ -421,41 +477,70 @@ async fn fetch_into_parts(
             verifier
                 .update(&buf[..n])
                 .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
-            writer.push(&buf[..n]).await?;
+            writer.push(Bytes::copy_from_slice(&buf[..n])).await?;
         }
         verifier
             .finish()
             .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         writer.flush().await?;
         writer.settle().await?;
-        return Ok(entry.size);
+        if !whole_in_one_part {
+            hashers.pieces_in(entry);
+        }
+        return Ok(Ok(entry.size));
     }
 
-    // The reader verifies digest and size before it reports the end; the
-    // part is hashed and recorded only after every blob in it did. A
-    // corrupted transfer starts over and overwrites the same offsets.
+    if whole_in_one_part {
+        let mut reader = client.blob_reader_size_only(source, &entry.digest, entry.size);
+        loop {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    advance(chunk.len() as u64);
+                    writer.push(chunk).await?;
+                }
+                Ok(None) => break,
+                Err(e) if e.is_corrupt() => return Ok(Err(e.to_string())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        writer.flush().await?;
+        writer.settle().await?;
+        return Ok(Ok(entry.size));
+    }
+
+    // A corrupted transfer starts over and overwrites the same offsets;
+    // the part's hasher has not looked at them yet.
     client
         .retry_corrupt(&entry.digest, || async {
             let mut writer = PieceWriter::new(entry, files);
             let mut reader = client.blob_reader(source, &entry.digest, entry.size);
             while let Some(chunk) = reader.next_chunk().await? {
-                writer.push(&chunk).await?;
                 advance(chunk.len() as u64);
+                writer.push(chunk).await?;
             }
             writer.flush().await?;
             writer.settle().await?;
-            Ok(entry.size)
+            Ok::<(), ArchiveError>(())
         })
-        .await
+        .await?;
+    hashers.pieces_in(entry);
+    Ok(Ok(entry.size))
 }
 
 /// Writes a blob's bytes, in order, into its pieces in the part files.
+///
+/// Chunks are kept as they arrived until a batch is worth a trip to a
+/// blocking thread, and written from there by positional writes: no copy
+/// through user space.
 struct PieceWriter {
     entry: super::BlobEntry,
     files: Arc<Vec<Option<std::fs::File>>>,
-    buffer: Vec<u8>,
-    /// Blob offset of `buffer[0]`.
+    batch: Vec<Bytes>,
+    batched: usize,
+    /// Blob offset of the batch's first byte.
     offset: u64,
+    /// Tells the part's hasher how far a blob whole in one part is written.
+    notify: Option<(Hashers, super::Piece)>,
 }
 
 impl PieceWriter {
@@ -463,8 +548,10 @@ impl PieceWriter {
         PieceWriter {
             entry: entry.clone(),
             files: files.clone(),
-            buffer: Vec::with_capacity(WRITE_BUFFER),
+            batch: Vec::new(),
+            batched: 0,
             offset: 0,
+            notify: None,
         }
     }
 
@@ -503,139 +590,387 @@ impl PieceWriter {
         .await
     }
 
-    async fn push(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= WRITE_BUFFER {
+    async fn push(&mut self, chunk: Bytes) -> Result<(), ArchiveError> {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= WRITE_BUFFER {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), ArchiveError> {
-        if self.buffer.is_empty() {
+        if self.batch.is_empty() {
             return Ok(());
         }
-        let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_BUFFER));
+        let batch = std::mem::take(&mut self.batch);
         let start = self.offset;
-        self.offset += buffer.len() as u64;
+        self.offset += std::mem::take(&mut self.batched) as u64;
         self.on_files(move |pieces, files| {
+            let mut at = start;
+            for chunk in &batch {
+                write_in_pieces(&pieces, files, at, chunk)?;
+                at += chunk.len() as u64;
+            }
+            // Start writeback of the whole batch, piece by piece.
+            let end = at;
             let mut blob_pos = 0u64;
-            for piece in pieces {
+            for piece in &pieces {
                 let (lo, hi) = (blob_pos, blob_pos + piece.length);
                 blob_pos = hi;
-                let end = start + buffer.len() as u64;
-                if hi <= start || lo >= end {
-                    continue;
+                if let Some(file) = &files[piece.part as usize - 1]
+                    && hi > start
+                    && lo < end
+                {
+                    let from = start.max(lo);
+                    let to = end.min(hi);
+                    crate::layout::write_behind(file, piece.offset + (from - lo), to - from);
                 }
-                let Some(file) = &files[piece.part as usize - 1] else {
-                    continue;
-                };
-                let from = start.max(lo);
-                let to = end.min(hi);
-                let slice = &buffer[(from - start) as usize..(to - start) as usize];
-                let at = piece.offset + (from - lo);
-                file.write_all_at(slice, at)?;
-                crate::layout::write_behind(file, at, slice.len() as u64);
             }
             Ok(())
         })
-        .await
+        .await?;
+        if let Some((hashers, piece)) = &self.notify {
+            hashers.send(
+                piece.part,
+                Event::Written {
+                    offset: piece.offset,
+                    written: self.offset,
+                },
+            );
+        }
+        Ok(())
     }
 }
 
-/// A part's sha256, computed front to back as far as its bytes are final:
-/// everything but blob data is written when the part is created; blob data
-/// is final once its blob verified.
+/// Writes the bytes at blob offset `start` to wherever the pieces put them.
+fn write_in_pieces(
+    pieces: &[super::Piece],
+    files: &[Option<std::fs::File>],
+    start: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let end = start + bytes.len() as u64;
+    let mut blob_pos = 0u64;
+    for piece in pieces {
+        let (lo, hi) = (blob_pos, blob_pos + piece.length);
+        blob_pos = hi;
+        if hi <= start || lo >= end {
+            continue;
+        }
+        let Some(file) = &files[piece.part as usize - 1] else {
+            continue;
+        };
+        let from = start.max(lo);
+        let to = end.min(hi);
+        let slice = &bytes[(from - start) as usize..(to - start) as usize];
+        file.write_all_at(slice, piece.offset + (from - lo))?;
+    }
+    Ok(())
+}
+
+/// The part hashers of a run, and the tasks that feed them.
+#[derive(Clone)]
+struct Hashers {
+    paths: ArchivePaths,
+    state: Arc<Mutex<State>>,
+    /// By part number - 1; None for parts kept from an earlier run.
+    parts: Arc<Vec<Option<PartSlot>>>,
+    tasks: Arc<Mutex<Vec<HashTask>>>,
+}
+
+type HashTask = tokio::task::JoinHandle<Result<Corrupt, ArchiveError>>;
+
+/// One part's hash, and the news it has yet to take in.
+struct PartSlot {
+    events: Mutex<Vec<Event>>,
+    hash: Mutex<PartHash>,
+}
+
+/// What a part's hasher learns.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    /// Nothing new: hash what is final already (headers, metadata).
+    Start,
+    /// The blob region at data `offset` holds this many bytes, from its
+    /// start.
+    Written { offset: u64, written: u64 },
+}
+
+/// Blobs whose bytes did not match their digest, and why.
+type Corrupt = Vec<(Digest, String)>;
+
+impl Hashers {
+    /// Passes `event` to part `number`'s hasher, which hashes on from a
+    /// blocking thread. Whoever holds the hash takes in every event queued
+    /// meanwhile, so no thread waits for another.
+    fn send(&self, number: u32, event: Event) {
+        if self
+            .parts
+            .get(number as usize - 1)
+            .is_none_or(Option::is_none)
+        {
+            return;
+        }
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let slot = this.parts[number as usize - 1]
+                .as_ref()
+                .expect("checked above");
+            slot.events.lock().expect("events lock").push(event);
+            let mut corrupt = Vec::new();
+            loop {
+                let Ok(mut part) = slot.hash.try_lock() else {
+                    break; // its holder looks at the queue once it is done
+                };
+                let events = std::mem::take(&mut *slot.events.lock().expect("events lock"));
+                let path = part.path.clone();
+                let (sha, bad) = part.take_in(&events).map_err(io_err(&path))?;
+                corrupt.extend(bad);
+                tracing::trace!(
+                    "part {} hashed to byte {} of {}",
+                    part_label(number),
+                    part.done,
+                    part.size
+                );
+                if let Some(sha) = sha {
+                    let mut s = this.state.lock().expect("state lock");
+                    s.complete.insert(number, sha);
+                    save_state(&this.paths, &s)?;
+                    tracing::debug!("part {} complete", part_label(number));
+                }
+                drop(part);
+                if slot.events.lock().expect("events lock").is_empty() {
+                    break;
+                }
+            }
+            Ok(corrupt)
+        });
+        self.tasks.lock().expect("tasks lock").push(task);
+    }
+
+    /// A blob in pieces over several parts verified: its pieces are in.
+    fn pieces_in(&self, entry: &super::BlobEntry) {
+        for piece in &entry.pieces {
+            self.send(
+                piece.part,
+                Event::Written {
+                    offset: piece.offset,
+                    written: piece.length,
+                },
+            );
+        }
+    }
+
+    /// Waits for every hash task sent so far; returns the blobs that failed
+    /// their check.
+    async fn join(&self) -> Result<Corrupt, ArchiveError> {
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        let mut corrupt = Vec::new();
+        for r in futures::future::join_all(tasks).await {
+            let bad = r.map_err(|e| ArchiveError::Invalid(format!("hash task failed: {e}")))??;
+            corrupt.extend(bad);
+        }
+        Ok(corrupt)
+    }
+
+    /// Rewinds the blob region at `offset` of part `number` to be written
+    /// and checked anew; false if its bytes already passed their check.
+    /// Only between rounds, when no task runs.
+    fn rewind(&self, number: u32, offset: u64) -> bool {
+        match &self.parts[number as usize - 1] {
+            Some(slot) => slot.hash.lock().expect("part hash lock").rewind(offset),
+            None => false,
+        }
+    }
+}
+
+/// A part's sha256, computed front to back as its bytes are written:
+/// everything but blob data is in place when the part is created; a blob's
+/// data is hashed as far as it is written (a blob whole in this part, whose
+/// digest is checked in the same pass), or once it verified (a piece of a
+/// blob over several parts).
 struct PartHash {
     path: PathBuf,
+    file: Option<std::fs::File>,
     size: u64,
     hasher: Sha256,
-    /// Bytes hashed so far, from the start.
+    /// Bytes hashed so far, from the start; u64::MAX once finished.
     done: u64,
-    /// Data offsets of blob pieces not yet final, with their lengths.
-    pending: BTreeMap<u64, u64>,
+    /// Blob regions not yet hashed to their end, by data offset.
+    regions: BTreeMap<u64, Region>,
+}
+
+struct Region {
+    len: u64,
+    /// Bytes written from the region's start.
+    written: u64,
+    /// The blob's check, for a blob whole in this part.
+    check: Option<Verifier>,
+    /// The part's hash just before the region, to rewind to.
+    before: Option<Sha256>,
 }
 
 impl PartHash {
-    fn new(part: &super::plan::PartPlan, path: PathBuf) -> PartHash {
-        let pending = part
-            .members
-            .iter()
-            .filter(|m| matches!(m.content, Content::Blob { .. }))
-            .map(|m| (m.data_offset(), m.size))
-            .collect();
+    fn new(part: &super::plan::PartPlan, plan: &Plan, path: PathBuf) -> PartHash {
+        let mut regions = BTreeMap::new();
+        for m in &part.members {
+            if let Content::Blob {
+                digest,
+                blob_offset,
+            } = &m.content
+            {
+                let whole = *blob_offset == 0
+                    && plan
+                        .blobs
+                        .iter()
+                        .any(|b| &b.digest == digest && b.pieces.len() == 1);
+                regions.insert(
+                    m.data_offset(),
+                    Region {
+                        len: m.size,
+                        written: 0,
+                        check: whole.then(|| Verifier::new(digest, Some(m.size))),
+                        before: None,
+                    },
+                );
+            }
+        }
         PartHash {
             path,
+            file: None,
             size: part.size,
             hasher: Sha256::new(),
             done: 0,
-            pending,
+            regions,
         }
     }
 
-    /// Marks the piece at `offset` final and hashes on as far as the bytes
-    /// are; returns the part's sha256 once all of it is hashed.
-    fn complete(&mut self, offset: Option<u64>) -> std::io::Result<Option<String>> {
-        if let Some(o) = offset {
-            self.pending.remove(&o);
+    /// Takes in `events` and hashes on as far as the bytes are final.
+    /// Returns the part's sha256 once all of it is hashed, and the blobs
+    /// that failed their check: the hash stops before such a blob, whose
+    /// region waits to be written anew.
+    fn take_in(&mut self, events: &[Event]) -> std::io::Result<(Option<String>, Corrupt)> {
+        if self.done == u64::MAX {
+            return Ok((None, Vec::new()));
         }
-        let limit = self.pending.keys().next().copied().unwrap_or(self.size);
-        if limit > self.done {
-            use std::io::{Read, Seek};
-            let mut file = std::fs::File::open(&self.path)?;
-            file.seek(std::io::SeekFrom::Start(self.done))?;
-            let mut left = limit - self.done;
-            let mut buf = vec![0u8; (4 << 20).min(left as usize)];
-            while left > 0 {
-                let n = (buf.len() as u64).min(left) as usize;
-                file.read_exact(&mut buf[..n])?;
-                self.hasher.update(&buf[..n]);
-                left -= n as u64;
+        for event in events {
+            if let Event::Written { offset, written } = *event
+                && let Some(r) = self.regions.get_mut(&offset)
+            {
+                r.written = r.written.max(written.min(r.len));
             }
-            self.done = limit;
         }
-        if self.done == self.size && self.pending.is_empty() {
+        let mut corrupt = Vec::new();
+        while self.done < self.size {
+            let inside = self
+                .regions
+                .range(..=self.done)
+                .next_back()
+                .filter(|(o, r)| self.done < **o + r.len)
+                .map(|(o, _)| *o);
+            let Some(start) = inside else {
+                // Plain bytes up to the next blob region.
+                let next = self
+                    .regions
+                    .range(self.done..)
+                    .next()
+                    .map_or(self.size, |(o, _)| *o);
+                // Without a check there is nothing to fail.
+                let _unchecked = self.hash_to(next, None)?;
+                continue;
+            };
+            let region = self.regions.get_mut(&start).expect("found above");
+            let end = start + region.written;
+            if end <= self.done {
+                break; // waiting for its bytes
+            }
+            if self.done == start && region.check.is_some() {
+                region.before = Some(self.hasher.clone());
+            }
+            let mut check = region.check.take();
+            let fed = self.hash_to(end, check.as_mut());
+            let region = self.regions.get_mut(&start).expect("found above");
+            region.check = check;
+            let fed = fed?;
+            let whole = region.written == region.len;
+            if fed.is_ok() && !whole {
+                break;
+            }
+            let region = self.regions.remove(&start).expect("found above");
+            let Some(check) = region.check else {
+                continue;
+            };
+            let digest = check.expected().clone();
+            if let Err(e) = fed.and_then(|()| check.finish().map(|_| ())) {
+                // Back to just before the blob; it is fetched again.
+                self.hasher = region.before.expect("set when the region began");
+                self.done = start;
+                self.regions.insert(
+                    start,
+                    Region {
+                        len: region.len,
+                        written: 0,
+                        check: Some(Verifier::new(&digest, Some(region.len))),
+                        before: None,
+                    },
+                );
+                corrupt.push((digest, e.to_string()));
+                break;
+            }
+        }
+        if self.done == self.size && self.regions.is_empty() {
             let h = std::mem::take(&mut self.hasher);
             self.done = u64::MAX;
-            return Ok(Some(hex::encode(h.finalize())));
+            self.file = None;
+            return Ok((Some(hex::encode(h.finalize())), corrupt));
         }
-        Ok(None)
+        Ok((None, corrupt))
     }
-}
 
-/// Hashes part `number` on (after the piece at `offset` became final) and
-/// records the part in the state once it is complete.
-fn advance_part(
-    paths: ArchivePaths,
-    hashers: Arc<Vec<Option<Mutex<PartHash>>>>,
-    number: u32,
-    offset: Option<u64>,
-    state: Arc<Mutex<State>>,
-) -> tokio::task::JoinHandle<Result<(), ArchiveError>> {
-    tokio::task::spawn_blocking(move || {
-        let slot = hashers[number as usize - 1]
-            .as_ref()
-            .expect("only unfinished parts");
-        let mut part = slot.lock().expect("part hash lock");
-        if part.done == u64::MAX {
-            return Ok(());
+    /// Hashes the part from `done` to `end`, feeding `check` too.
+    fn hash_to(
+        &mut self,
+        end: u64,
+        mut check: Option<&mut Verifier>,
+    ) -> std::io::Result<Result<(), crate::digest::VerifyError>> {
+        use std::io::{Read, Seek};
+        if self.file.is_none() {
+            self.file = Some(std::fs::File::open(&self.path)?);
         }
-        let path = part.path.clone();
-        let done = part.complete(offset).map_err(io_err(&path))?;
-        tracing::trace!(
-            "part {} hashed to byte {} of {}",
-            part_label(number),
-            part.done,
-            part.size
-        );
-        if let Some(sha) = done {
-            let mut s = state.lock().expect("state lock");
-            s.complete.insert(number, sha);
-            save_state(&paths, &s)?;
-            tracing::debug!("part {} complete", part_label(number));
+        let file = self.file.as_mut().expect("opened above");
+        file.seek(std::io::SeekFrom::Start(self.done))?;
+        let mut buf = vec![0u8; (4 << 20).min((end - self.done) as usize)];
+        let mut outcome = Ok(());
+        while self.done < end {
+            let n = (buf.len() as u64).min(end - self.done) as usize;
+            file.read_exact(&mut buf[..n])?;
+            match check.as_deref_mut() {
+                Some(c) if outcome.is_ok() => {
+                    outcome = c.update_along(&mut self.hasher, &buf[..n]);
+                }
+                _ => self.hasher.update(&buf[..n]),
+            }
+            self.done += n as u64;
         }
-        Ok(())
-    })
+        Ok(outcome)
+    }
+
+    /// See [`Hashers::rewind`].
+    fn rewind(&mut self, offset: u64) -> bool {
+        let Some(region) = self.regions.get_mut(&offset) else {
+            return false; // hashed and checked whole already
+        };
+        if self.done != u64::MAX && self.done > offset {
+            self.hasher = region.before.take().expect("set when the region began");
+            self.done = offset;
+        }
+        region.written = 0;
+        if let Some(c) = &region.check {
+            region.check = Some(Verifier::new(c.expected(), c.expected_size()));
+        }
+        true
+    }
 }
 
 /// Flushes every part this run wrote to the disk, several at a time.

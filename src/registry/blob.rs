@@ -30,6 +30,21 @@ impl Client {
         }
     }
 
+    /// A reader that checks the size only: for a caller that checks the
+    /// digest of what it wrote itself, before anything names the bytes
+    /// (an archive export, while it hashes the part around the blob).
+    pub fn blob_reader_size_only(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+    ) -> BlobReader {
+        BlobReader {
+            verifier: Some(Verifier::size_only(digest, size)),
+            ..self.blob_reader(image, digest, size)
+        }
+    }
+
     /// Fetches a small blob (a config) whole into memory, verified.
     pub async fn get_small_blob(
         &self,

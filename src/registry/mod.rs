@@ -172,6 +172,11 @@ struct Inner {
 }
 
 impl Client {
+    /// How often a failed or corrupted transfer is tried again.
+    pub fn retries(&self) -> u32 {
+        self.inner.options.retry.retries
+    }
+
     /// Builds a client; a bad CA file is an error here, not a silent default.
     pub fn new(options: ConnectOptions) -> Result<Client, RegistryError> {
         let mut builder = reqwest::Client::builder()

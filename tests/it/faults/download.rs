@@ -1,9 +1,12 @@
 //! Export through a registry that throttles, fails, drops connections and
 //! corrupts what it sends.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use super::{LAYER, Work, assert_exported, assert_only_whole_blobs, blob_file, failed_cleanly};
+use super::{
+    LAYER, Work, assert_exported, assert_only_whole_blobs, blob_file, failed_cleanly, stderr,
+};
 use crate::support::faulty::{Fault, Faulty, Match};
 use crate::support::images::{self, PushedImage};
 use crate::support::layout::check_oci_layout;
@@ -292,6 +295,117 @@ fn corrupted_blob_bytes_fail_the_image_and_leave_nothing() {
     assert_eq!(names, [proxy.reference(&good).as_str()]);
     assert_exported(&work.bundle(), &proxy.reference(&good), &good);
     assert_only_whole_blobs(&work.bundle());
+}
+
+/// `airlock export --plain-http -o out/site.tar ARGS...`, and the archive's
+/// stem (`out/site`).
+fn export_archive(work: &Work, args: &[&str]) -> (assert_cmd::assert::Assert, PathBuf) {
+    let tar = work.path().join("out/site.tar");
+    let run = work
+        .airlock()
+        .args(["export", "--plain-http", "-o"])
+        .arg(&tar)
+        .args(args)
+        .assert();
+    (run, work.path().join("out/site"))
+}
+
+/// An archive checks a blob's digest as it hashes the part around it, not
+/// as the blob arrives; a corrupted transfer is still caught and fetched
+/// again, a dropped one resumes, and the finished archive verifies.
+#[test]
+fn an_archive_blob_corrupted_once_is_fetched_again() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = image(&reg, "team/blip", 14);
+    let other = image(&reg, "team/blop", 15);
+    let layer = img.manifests[0].layers[1].digest.clone();
+    let dropped = other.manifests[0].layers[0].digest.clone();
+    proxy.first(1, Match::blob(&layer), Fault::CorruptBody);
+    proxy.first(1, Match::blob(&dropped), Fault::TruncateBody(LAYER / 3));
+    let work = Work::new();
+
+    let (run, stem) = export_archive(
+        &work,
+        &[
+            "--chunk-size",
+            "200KiB",
+            &proxy.reference(&img),
+            &proxy.reference(&other),
+        ],
+    );
+    let err = stderr(&run.success());
+
+    assert!(err.contains(&layer) && err.contains("again"), "{err}");
+    assert_eq!(proxy.requests(&Match::blob(&layer)).len(), 2);
+    assert_eq!(proxy.requests(&Match::blob(&dropped)).len(), 2);
+    work.airlock()
+        .arg("verify")
+        .arg(stem.with_extension("index.json"))
+        .assert()
+        .success();
+}
+
+/// A blob bigger than a part is checked as it arrives instead; corrupted
+/// once, it is fetched again too, and a dropped connection on another one
+/// resumes.
+#[test]
+fn an_archive_blob_over_several_parts_corrupted_once_and_a_dropped_one_recover() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = images::push_multiarch_oci(&reg, "team/wide", "v1", 17, &["linux/amd64"], 300 * 1024);
+    let (big, small) = (
+        img.manifests[0].layers[0].digest.clone(),
+        img.manifests[0].layers[1].digest.clone(),
+    );
+    proxy.first(1, Match::blob(&big), Fault::CorruptBody);
+    proxy.first(1, Match::blob(&small), Fault::TruncateBody(100 * 1024));
+    let work = Work::new();
+
+    let (run, stem) = export_archive(&work, &["--chunk-size", "128KiB", &proxy.reference(&img)]);
+    run.success();
+
+    assert_eq!(proxy.requests(&Match::blob(&big)).len(), 2);
+    let resumed = proxy.requests(&Match::blob(&small));
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stem.with_extension("index.json")).unwrap()).unwrap();
+    let pieces = |d: &str| {
+        index["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["digest"] == d)
+            .map(|b| b["pieces"].as_array().unwrap().len())
+    };
+    assert!(pieces(&big).unwrap() > 1, "{index}");
+    work.airlock()
+        .arg("verify")
+        .arg(stem.with_extension("index.json"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn an_archive_blob_that_stays_corrupted_fails_the_export_and_writes_no_index() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let img = image(&reg, "team/rotten", 16);
+    let layer = img.manifests[0].layers[0].digest.clone();
+    proxy.always(Match::blob(&layer), Fault::CorruptBody);
+    let work = Work::new();
+
+    let (run, stem) = export_archive(&work, &["--retries", "2", &proxy.reference(&img)]);
+    let err = failed_cleanly(run);
+
+    let line = err
+        .lines()
+        .find(|l| l.contains(&proxy.reference(&img)))
+        .unwrap_or_else(|| panic!("no line names the image:\n{err}"));
+    assert!(line.contains(&layer), "{line}");
+    assert_eq!(proxy.requests(&Match::blob(&layer)).len(), 3);
+    assert!(!stem.with_extension("index.json").exists());
+    assert!(!stem.with_extension("sha256").exists());
 }
 
 #[test]
