@@ -365,9 +365,16 @@ async fn complete_bundle(paths: &ArchivePaths, plan: &Plan) -> Option<Vec<String
     if old.bundle != plan.bundle || old.parts.len() != plan.parts.len() {
         return None;
     }
+    // All parts at once: each is one thread's sequential read.
+    let actual = futures::future::join_all(
+        old.parts
+            .iter()
+            .map(|part| hash_file(paths.part(part.number))),
+    )
+    .await;
     let mut hashes = Vec::new();
-    for part in &old.parts {
-        let actual = hash_file(paths.part(part.number)).await.ok()?;
+    for (part, actual) in old.parts.iter().zip(actual) {
+        let actual = actual.ok()?;
         if actual != part.sha256 {
             return None;
         }
