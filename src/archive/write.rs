@@ -199,21 +199,16 @@ pub async fn export_to_archive(
         }
     }
     // Each part is hashed front to back, so its blobs are fetched front
-    // first, the parts taking turns: every part's hash moves on from the
-    // start, on as many threads as there are parts.
-    let mut rank: HashMap<u32, usize> = HashMap::new();
-    let mut order: Vec<(usize, u32, u64)> = wanted
-        .iter()
-        .map(|(entry, _)| {
-            let first = entry.pieces[0];
-            let r = rank.entry(first.part).or_default();
-            *r += 1;
-            (*r, first.part, first.offset)
-        })
-        .collect();
-    let mut keyed: Vec<_> = order.drain(..).zip(wanted).collect();
-    keyed.sort_by_key(|(key, _)| *key);
-    let mut wanted: Vec<_> = keyed.into_iter().map(|(_, w)| w).collect();
+    // first, and the parts keep pace with each other (in order of how far
+    // into its part a blob starts): every part's hash moves on from the
+    // start, and the biggest part is not left to hash alone at the end.
+    let sizes: HashMap<u32, u64> = plan.parts.iter().map(|p| (p.number, p.size)).collect();
+    let depth = |entry: &super::BlobEntry| {
+        let first = entry.pieces[0];
+        let size = sizes.get(&first.part).copied().unwrap_or(1).max(1);
+        (u128::from(first.offset) << 32) / u128::from(size)
+    };
+    wanted.sort_by_key(|(entry, _)| depth(entry));
     let bars: Vec<_> = images
         .iter()
         .enumerate()
@@ -806,7 +801,11 @@ struct PartHash {
     done: u64,
     /// Blob regions not yet hashed to their end, by data offset.
     regions: BTreeMap<u64, Region>,
+    buf: Vec<u8>,
 }
+
+/// How much of a part is read back at a time to be hashed.
+const READ_BUFFER: usize = 1 << 20;
 
 struct Region {
     len: u64,
@@ -850,6 +849,7 @@ impl PartHash {
             hasher: Sha256::new(),
             done: 0,
             regions,
+            buf: Vec::new(),
         }
     }
 
@@ -930,6 +930,7 @@ impl PartHash {
             let h = std::mem::take(&mut self.hasher);
             self.done = u64::MAX;
             self.file = None;
+            self.buf = Vec::new();
             return Ok((Some(hex::encode(h.finalize())), corrupt));
         }
         Ok((None, corrupt))
@@ -947,7 +948,12 @@ impl PartHash {
         }
         let file = self.file.as_mut().expect("opened above");
         file.seek(std::io::SeekFrom::Start(self.done))?;
-        let mut buf = vec![0u8; (4 << 20).min((end - self.done) as usize)];
+        // One buffer for the part's whole life: a fresh one per call would
+        // be zeroed (or faulted in) again each time.
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_BUFFER];
+        }
+        let buf = &mut self.buf;
         let mut outcome = Ok(());
         while self.done < end {
             let n = (buf.len() as u64).min(end - self.done) as usize;
