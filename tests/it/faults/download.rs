@@ -310,6 +310,15 @@ fn export_archive(work: &Work, args: &[&str]) -> (assert_cmd::assert::Assert, Pa
     (run, work.path().join("out/site"))
 }
 
+/// `airlock verify` passes the archive at `stem`.
+fn verify_archive(work: &Work, stem: &std::path::Path) {
+    work.airlock()
+        .arg("verify")
+        .arg(stem.with_extension("index.json"))
+        .assert()
+        .success();
+}
+
 /// An archive checks a blob's digest as it hashes the part around it, not
 /// as the blob arrives; a corrupted transfer is still caught and fetched
 /// again, a dropped one resumes, and the finished archive verifies.
@@ -339,11 +348,7 @@ fn an_archive_blob_corrupted_once_is_fetched_again() {
     assert!(err.contains(&layer) && err.contains("again"), "{err}");
     assert_eq!(proxy.requests(&Match::blob(&layer)).len(), 2);
     assert_eq!(proxy.requests(&Match::blob(&dropped)).len(), 2);
-    work.airlock()
-        .arg("verify")
-        .arg(stem.with_extension("index.json"))
-        .assert()
-        .success();
+    verify_archive(&work, &stem);
 }
 
 /// A blob bigger than a part is checked as it arrives instead; corrupted
@@ -379,11 +384,7 @@ fn an_archive_blob_over_several_parts_corrupted_once_and_a_dropped_one_recover()
             .map(|b| b["pieces"].as_array().unwrap().len())
     };
     assert!(pieces(&big).unwrap() > 1, "{index}");
-    work.airlock()
-        .arg("verify")
-        .arg(stem.with_extension("index.json"))
-        .assert()
-        .success();
+    verify_archive(&work, &stem);
 }
 
 #[test]
