@@ -78,7 +78,7 @@ impl Digest {
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         Digest {
             algorithm: Algorithm::Sha256,
-            hex: hex::encode(sha2::Sha256::digest(bytes)),
+            hex: hex::encode(Sha256::digest(bytes)),
         }
     }
 

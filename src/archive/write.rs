@@ -464,12 +464,17 @@ async fn fetch_into_parts(
     }
     if scratch.has_blob(&entry.digest, entry.size) {
         // Already fetched (a config read to check a platform, a converted
-        // schema1 layer): copy it over, checked again on the way.
+        // schema1 layer): copy it over, checked again on the way (by the
+        // part's hasher, for a blob whole in one part).
         let path = scratch.blob_path(&entry.digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
-        let mut verifier = crate::digest::Verifier::new(&entry.digest, Some(entry.size));
-        let mut buf = vec![0u8; WRITE_BUFFER];
+        let mut verifier = if whole_in_one_part {
+            Verifier::size_only(&entry.digest, entry.size)
+        } else {
+            Verifier::new(&entry.digest, Some(entry.size))
+        };
         loop {
+            let mut buf = vec![0u8; WRITE_BUFFER];
             let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
                 .await
                 .map_err(io_err(&path))?;
@@ -479,7 +484,8 @@ async fn fetch_into_parts(
             verifier
                 .update(&buf[..n])
                 .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
-            writer.push(Bytes::copy_from_slice(&buf[..n])).await?;
+            buf.truncate(n);
+            writer.push(Bytes::from(buf)).await?;
         }
         verifier
             .finish()
@@ -611,23 +617,16 @@ impl PieceWriter {
         self.on_files(move |pieces, files| {
             let mut at = start;
             for chunk in &batch {
-                write_in_pieces(&pieces, files, at, chunk)?;
+                for (file, part_offset, from, len) in in_pieces(&pieces, files, at, chunk.len()) {
+                    file.write_all_at(&chunk[from..from + len], part_offset)?;
+                }
                 at += chunk.len() as u64;
             }
-            // Start writeback of the whole batch, piece by piece.
-            let end = at;
-            let mut blob_pos = 0u64;
-            for piece in &pieces {
-                let (lo, hi) = (blob_pos, blob_pos + piece.length);
-                blob_pos = hi;
-                if let Some(file) = &files[piece.part as usize - 1]
-                    && hi > start
-                    && lo < end
-                {
-                    let from = start.max(lo);
-                    let to = end.min(hi);
-                    crate::layout::write_behind(file, piece.offset + (from - lo), to - from);
-                }
+            // Start writeback of the whole batch.
+            for (file, part_offset, _, len) in
+                in_pieces(&pieces, files, start, (at - start) as usize)
+            {
+                crate::layout::write_behind(file, part_offset, len as u64);
             }
             Ok(())
         })
@@ -645,14 +644,17 @@ impl PieceWriter {
     }
 }
 
-/// Writes the bytes at blob offset `start` to wherever the pieces put them.
-fn write_in_pieces(
+/// Where `len` bytes at blob offset `start` go: for each piece they touch
+/// in a part this run writes, the file, the offset in it, and the range of
+/// the bytes (from, len) that lands there.
+fn in_pieces<'f>(
     pieces: &[super::Piece],
-    files: &[Option<std::fs::File>],
+    files: &'f [Option<std::fs::File>],
     start: u64,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    let end = start + bytes.len() as u64;
+    len: usize,
+) -> Vec<(&'f std::fs::File, u64, usize, usize)> {
+    let end = start + len as u64;
+    let mut out = Vec::new();
     let mut blob_pos = 0u64;
     for piece in pieces {
         let (lo, hi) = (blob_pos, blob_pos + piece.length);
@@ -660,15 +662,18 @@ fn write_in_pieces(
         if hi <= start || lo >= end {
             continue;
         }
-        let Some(file) = &files[piece.part as usize - 1] else {
-            continue;
-        };
-        let from = start.max(lo);
-        let to = end.min(hi);
-        let slice = &bytes[(from - start) as usize..(to - start) as usize];
-        file.write_all_at(slice, piece.offset + (from - lo))?;
+        if let Some(file) = &files[piece.part as usize - 1] {
+            let from = start.max(lo);
+            let to = end.min(hi);
+            out.push((
+                file,
+                piece.offset + (from - lo),
+                (from - start) as usize,
+                (to - from) as usize,
+            ));
+        }
     }
-    Ok(())
+    out
 }
 
 /// The part hashers of a run, and the tasks that feed them.

@@ -206,8 +206,7 @@ pub async fn export_to_layout(
     while let Some((digest, outcome)) = downloads.next().await {
         match outcome {
             Ok((size, temp)) => {
-                let commit = crate::on_task(temp.commit());
-                commits.push((digest, size, tokio::spawn(commit)));
+                commits.push((digest, size, tokio::spawn(temp.commit())));
             }
             Err(e) => {
                 failures.insert(digest, e);
@@ -221,7 +220,7 @@ pub async fn export_to_layout(
                 report.bytes_fetched += size;
             }
             Ok(Err(e)) => {
-                failures.insert(digest, e);
+                failures.insert(digest, crate::error_chain(&e));
             }
             Err(e) => {
                 failures.insert(digest, format!("task failed: {e}"));
