@@ -409,9 +409,8 @@ impl TempBlob {
         Ok(())
     }
 
-    /// Writes out everything gathered and starts its writeback: what is
-    /// left to do is waiting for the disk, in [`TempBlob::commit`].
-    pub async fn finish(&mut self) -> Result<(), LayoutError> {
+    /// Writes out everything gathered and starts its writeback.
+    async fn finish(&mut self) -> Result<(), LayoutError> {
         self.write_batch().await?;
         self.wait_for_batch().await?;
         if self.written > self.kicked {

@@ -175,6 +175,7 @@ pub async fn export_to_archive(
                 .collect(),
         ),
         tasks: Arc::new(Mutex::new(Vec::new())),
+        reports: Arc::new(Mutex::new(Vec::new())),
     };
     // Fetch the blobs whose bytes some unfinished part still lacks;
     // manifests were written with the part.
@@ -335,10 +336,20 @@ pub async fn export_to_archive(
 
     let hashes: Vec<String> = {
         let state = state.lock().expect("state lock");
-        plan.parts
-            .iter()
-            .map(|p| state.complete.get(&p.number).cloned().unwrap_or_default())
-            .collect()
+        let mut hashes = Vec::new();
+        for p in &plan.parts {
+            // Every blob is in and checked, so every part hashed to its
+            // end; an index is never written with a part it cannot vouch
+            // for.
+            let Some(sha) = state.complete.get(&p.number) else {
+                return Err(ArchiveError::Invalid(format!(
+                    "part {} was not hashed to its end; run the export again",
+                    part_label(p.number)
+                )));
+            };
+            hashes.push(sha.clone());
+        }
+        hashes
     };
     let mut index = index;
     for (part, hash) in index.parts.iter_mut().zip(hashes) {
@@ -683,9 +694,14 @@ struct Hashers {
     state: Arc<Mutex<State>>,
     /// By part number - 1; None for parts kept from an earlier run.
     parts: Arc<Vec<Option<PartSlot>>>,
+    /// Hash tasks still running, and what the finished ones reported
+    /// beyond "nothing wrong" (finished tasks are let go as new ones come,
+    /// so the list does not grow with the bundle).
     tasks: Arc<Mutex<Vec<HashTask>>>,
+    reports: Arc<Mutex<Vec<HashOutcome>>>,
 }
 
+type HashOutcome = Result<Result<Corrupt, ArchiveError>, tokio::task::JoinError>;
 type HashTask = tokio::task::JoinHandle<Result<Corrupt, ArchiveError>>;
 
 /// One part's hash, and the news it has yet to take in.
@@ -753,7 +769,20 @@ impl Hashers {
             }
             Ok(corrupt)
         });
-        self.tasks.lock().expect("tasks lock").push(task);
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *tasks)
+            .into_iter()
+            .partition(|t| t.is_finished());
+        *tasks = running;
+        tasks.push(task);
+        drop(tasks);
+        let mut reports = self.reports.lock().expect("reports lock");
+        for t in done {
+            match futures::FutureExt::now_or_never(t).expect("the task is finished") {
+                Ok(Ok(corrupt)) if corrupt.is_empty() => {}
+                other => reports.push(other),
+            }
+        }
     }
 
     /// A blob in pieces over several parts verified: its pieces are in.
@@ -773,8 +802,10 @@ impl Hashers {
     /// their check.
     async fn join(&self) -> Result<Corrupt, ArchiveError> {
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        let mut outcomes = futures::future::join_all(tasks).await;
+        outcomes.append(&mut self.reports.lock().expect("reports lock"));
         let mut corrupt = Vec::new();
-        for r in futures::future::join_all(tasks).await {
+        for r in outcomes {
             let bad = r.map_err(|e| ArchiveError::Invalid(format!("hash task failed: {e}")))??;
             corrupt.extend(bad);
         }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use crate::base::{Base, BaseInfo, layout_base_path, read_layout_base};
 use crate::convert::{Pending, Schema1Mode, convert_pending};
 use crate::digest::Digest;
-use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME, TempBlob};
+use crate::layout::{CONTAINERD_NAME, Layout, LayoutError, REF_NAME};
 use crate::lock::{LockedBlob, LockedImage};
 use crate::manifest::{Descriptor, Kind, Manifest, ManifestError};
 use crate::platform::Platform;
@@ -179,12 +179,10 @@ pub async fn export_to_layout(
             progress.image(&image.reference.name(), bytes)
         })
         .collect();
-    // A download gives its slot up once its bytes are in and verified; the
-    // wait for the disk (sync, then rename) finishes on a task of its own,
-    // so the next download starts at once.
-    let mut failures: HashMap<Digest, String> = HashMap::new();
-    let mut commits = Vec::new();
-    let mut downloads = futures::stream::iter(wanted)
+    // Each download holds its slot until its blob is synced and renamed:
+    // a slow disk (a USB stick) slows the downloads down instead of piling
+    // up open files waiting for it.
+    let failures: HashMap<Digest, String> = futures::stream::iter(wanted)
         .map(|(blob, source, i)| {
             let client = client.clone();
             let layout = layout.clone();
@@ -202,31 +200,20 @@ pub async fn export_to_layout(
                 (digest, outcome)
             }
         })
-        .buffer_unordered(jobs);
-    while let Some((digest, outcome)) = downloads.next().await {
-        match outcome {
-            Ok((size, temp)) => {
-                commits.push((digest, size, tokio::spawn(temp.commit())));
+        .buffer_unordered(jobs)
+        .fold(HashMap::new(), |mut failures, (digest, outcome)| {
+            match outcome {
+                Ok(size) => {
+                    report.blobs_fetched += 1;
+                    report.bytes_fetched += size;
+                }
+                Err(e) => {
+                    failures.insert(digest, e);
+                }
             }
-            Err(e) => {
-                failures.insert(digest, e);
-            }
-        }
-    }
-    for (digest, size, commit) in commits {
-        match commit.await {
-            Ok(Ok(())) => {
-                report.blobs_fetched += 1;
-                report.bytes_fetched += size;
-            }
-            Ok(Err(e)) => {
-                failures.insert(digest, crate::error_chain(&e));
-            }
-            Err(e) => {
-                failures.insert(digest, format!("task failed: {e}"));
-            }
-        }
-    }
+            async move { failures }
+        })
+        .await;
     for bar in &bars {
         bar.finish_and_clear();
     }
@@ -451,15 +438,14 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
     }
 }
 
-/// Downloads one blob into a temporary file of the layout, verified;
-/// returns its size and the file, for [`TempBlob::commit`].
+/// Downloads one blob into the layout; returns its size.
 async fn fetch_blob(
     client: &Client,
     layout: &Layout,
     source: &ImageRef,
     blob: &Descriptor,
     advance: &(dyn Fn(u64) + Sync),
-) -> Result<(u64, TempBlob), ImageError> {
+) -> Result<u64, ImageError> {
     client
         .retry_corrupt(&blob.digest, || async {
             let mut reader = client.blob_reader(source, &blob.digest, blob.size);
@@ -470,9 +456,9 @@ async fn fetch_blob(
                 advance(chunk.len() as u64);
                 temp.write(chunk).await?;
             }
-            temp.finish().await?;
-            tracing::debug!("blob {}: {} bytes in", blob.digest, blob.size);
-            Ok((blob.size, temp))
+            temp.commit().await?;
+            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
+            Ok(blob.size)
         })
         .await
 }
