@@ -188,11 +188,7 @@ pub fn delete_manifest(reg: &Registry, repo: &str, digest: &str) -> bool {
     let what = format!("delete manifest {repo}@{digest}");
     let url = format!("{}/v2/{repo}/manifests/{digest}", reg.url());
     let resp = send(reg, client().delete(&url), &what);
-    match resp.status() {
-        StatusCode::ACCEPTED => true,
-        StatusCode::NOT_FOUND => false,
-        other => panic!("{what}: unexpected status {other}"),
-    }
+    found(&resp, StatusCode::ACCEPTED, &what)
 }
 
 /// Unlinks a blob from a repository, so that GETs of it answer 404 (to
@@ -201,11 +197,7 @@ pub fn delete_blob(reg: &Registry, repo: &str, digest: &str) -> bool {
     let what = format!("delete blob {repo}@{digest}");
     let url = format!("{}/v2/{repo}/blobs/{digest}", reg.url());
     let resp = send(reg, client().delete(&url), &what);
-    match resp.status() {
-        StatusCode::ACCEPTED => true,
-        StatusCode::NOT_FOUND => false,
-        other => panic!("{what}: unexpected status {other}"),
-    }
+    found(&resp, StatusCode::ACCEPTED, &what)
 }
 
 /// Whether `HEAD /v2/<repo>/blobs/<digest>` finds the blob.
@@ -213,8 +205,13 @@ pub fn blob_exists(reg: &Registry, repo: &str, digest: &str) -> bool {
     let what = format!("head blob {repo}@{digest}");
     let url = format!("{}/v2/{repo}/blobs/{digest}", reg.url());
     let resp = send(reg, client().head(&url), &what);
+    found(&resp, StatusCode::OK, &what)
+}
+
+/// True on `yes`, false on 404; any other answer fails the test.
+fn found(resp: &Response, yes: StatusCode, what: &str) -> bool {
     match resp.status() {
-        StatusCode::OK => true,
+        s if s == yes => true,
         StatusCode::NOT_FOUND => false,
         other => panic!("{what}: unexpected status {other}"),
     }
