@@ -294,6 +294,7 @@ impl Layout {
             pending: Vec::new(),
             pending_len: 0,
             in_flight: None,
+            kick: None,
             path,
             target: self.blob_path(digest),
             committed: false,
@@ -350,6 +351,7 @@ pub struct TempBlob {
     pending: Vec<Bytes>,
     pending_len: usize,
     in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    kick: Option<tokio::task::JoinHandle<()>>,
     path: PathBuf,
     target: PathBuf,
     committed: bool,
@@ -382,19 +384,23 @@ impl TempBlob {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
-        self.written += std::mem::take(&mut self.pending_len) as u64;
-        let kick = (self.written - self.kicked >= WRITE_BEHIND).then(|| {
-            let range = (self.kicked, self.written - self.kicked);
+        // Writeback of what earlier batches wrote is started on a task of
+        // its own, one at a time: starting it can wait for the disk (block
+        // allocation reading a bitmap behind another file's flush), and the
+        // download must not wait with it.
+        let kick_idle = self.kick.as_ref().is_none_or(|k| k.is_finished());
+        if kick_idle && self.written - self.kicked >= WRITE_BEHIND {
+            let (offset, len) = (self.kicked, self.written - self.kicked);
             self.kicked = self.written;
-            range
-        });
+            let file = Arc::clone(&self.file);
+            self.kick = Some(tokio::task::spawn_blocking(move || {
+                write_behind(&*file, offset, len)
+            }));
+        }
+        self.written += std::mem::take(&mut self.pending_len) as u64;
         let file = Arc::clone(&self.file);
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            write_all_vectored(&file, batch)?;
-            if let Some((offset, len)) = kick {
-                write_behind(&*file, offset, len);
-            }
-            Ok(())
+            write_all_vectored(&file, batch)
         }));
         Ok(())
     }
@@ -409,15 +415,10 @@ impl TempBlob {
         Ok(())
     }
 
-    /// Writes out everything gathered and starts its writeback.
+    /// Writes out everything gathered (the sync that follows writes it back).
     async fn finish(&mut self) -> Result<(), LayoutError> {
         self.write_batch().await?;
-        self.wait_for_batch().await?;
-        if self.written > self.kicked {
-            write_behind(&*self.file, self.kicked, self.written - self.kicked);
-            self.kicked = self.written;
-        }
-        Ok(())
+        self.wait_for_batch().await
     }
 
     /// Writes out, syncs and renames the blob into place. Call only after

@@ -179,41 +179,76 @@ pub async fn export_to_layout(
             progress.image(&image.reference.name(), bytes)
         })
         .collect();
-    // Each download holds its slot until its blob is synced and renamed:
-    // a slow disk (a USB stick) slows the downloads down instead of piling
-    // up open files waiting for it.
-    let failures: HashMap<Digest, String> = futures::stream::iter(wanted)
+    // A download lets go of its slot once its blob is written; the sync and
+    // rename follow on a task of their own. A sync can wait tens of
+    // milliseconds behind other files' flushes, and the network need not
+    // wait with it. Blobs written but not yet synced are bounded: a
+    // finished download waits for one of `jobs` places before it lets go of
+    // its slot, so a slow disk (a USB stick) still holds the downloads back
+    // and open files stay under twice `jobs`.
+    let syncing = Arc::new(tokio::sync::Semaphore::new(jobs));
+    type Commits = Vec<(
+        Digest,
+        u64,
+        tokio::task::JoinHandle<Result<(), LayoutError>>,
+    )>;
+    let (mut failures, commits): (HashMap<Digest, String>, Commits) = futures::stream::iter(wanted)
         .map(|(blob, source, i)| {
             let client = client.clone();
             let layout = layout.clone();
             let progress = progress.clone();
             let bar = bars[i].clone();
             let digest = blob.digest.clone();
+            let syncing = Arc::clone(&syncing);
             async move {
                 let outcome = crate::on_task(async move {
-                    fetch_blob(&client, &layout, &source, &blob, &|n| {
+                    let temp = fetch_blob(&client, &layout, &source, &blob, &|n| {
                         progress.advance(&bar, n)
                     })
-                    .await
+                    .await?;
+                    let place = syncing.acquire_owned().await.expect("never closed");
+                    let commit = tokio::spawn(async move {
+                        let done = temp.commit().await;
+                        drop(place);
+                        if done.is_ok() {
+                            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
+                        }
+                        done
+                    });
+                    Ok::<_, ImageError>((blob.size, commit))
                 })
                 .await;
                 (digest, outcome)
             }
         })
         .buffer_unordered(jobs)
-        .fold(HashMap::new(), |mut failures, (digest, outcome)| {
-            match outcome {
-                Ok(size) => {
-                    report.blobs_fetched += 1;
-                    report.bytes_fetched += size;
+        .fold(
+            (HashMap::new(), Vec::new()),
+            |(mut failures, mut commits), (digest, outcome)| {
+                match outcome {
+                    Ok((size, commit)) => commits.push((digest, size, commit)),
+                    Err(e) => {
+                        failures.insert(digest, e);
+                    }
                 }
-                Err(e) => {
-                    failures.insert(digest, e);
-                }
-            }
-            async move { failures }
-        })
+                async move { (failures, commits) }
+            },
+        )
         .await;
+    for (digest, size, commit) in commits {
+        match commit.await {
+            Ok(Ok(())) => {
+                report.blobs_fetched += 1;
+                report.bytes_fetched += size;
+            }
+            Ok(Err(e)) => {
+                failures.insert(digest, crate::error_chain(&e));
+            }
+            Err(e) => {
+                failures.insert(digest, format!("task failed: {e}"));
+            }
+        }
+    }
     for bar in &bars {
         bar.finish_and_clear();
     }
@@ -438,14 +473,15 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
     }
 }
 
-/// Downloads one blob into the layout; returns its size.
+/// Downloads one blob into the layout's work area, verified; the caller
+/// commits it.
 async fn fetch_blob(
     client: &Client,
     layout: &Layout,
     source: &ImageRef,
     blob: &Descriptor,
     advance: &(dyn Fn(u64) + Sync),
-) -> Result<u64, ImageError> {
+) -> Result<crate::layout::TempBlob, ImageError> {
     client
         .retry_corrupt(&blob.digest, || async {
             let mut reader = client.blob_reader(source, &blob.digest, blob.size);
@@ -456,9 +492,7 @@ async fn fetch_blob(
                 advance(chunk.len() as u64);
                 temp.write(chunk).await?;
             }
-            temp.commit().await?;
-            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
-            Ok(blob.size)
+            Ok(temp)
         })
         .await
 }
