@@ -108,6 +108,7 @@ pub async fn export_to_archive(
         options,
         progress,
         &mut report.export,
+        &|_| {},
     )
     .await;
     // Schema1 images are converted first: their manifests depend on their

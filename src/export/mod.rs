@@ -1,10 +1,12 @@
 //! Export: from registries into an OCI image layout.
 //!
-//! A run has three phases. Resolve fetches every manifest of every image
-//! (concurrently across images) and decides what the bundle holds. Fetch
-//! downloads the blobs that are not already present, all images' blobs in
-//! one pool. Commit writes each complete image's manifests (children before
-//! the index naming them) and finally `index.json`. An image whose blobs did
+//! Resolve fetches every manifest of every image (concurrently across
+//! images) and decides what the bundle holds; as each image resolves, its
+//! blobs join one pool for all images (`fetch`), so downloads run while
+//! the other images and the referrers are still being asked for. Schema1
+//! images are converted after resolution, fetching their own layers.
+//! Commit then writes each complete image's manifests (children before the
+//! index naming them) and finally `index.json`. An image whose blobs did
 //! not all arrive gets no manifest and no entry, so the layout never names
 //! content it lacks.
 
@@ -33,6 +35,7 @@ pub const SOURCE_DIGEST: &str = "io.github.airlock.source-digest";
 /// How deep indexes may nest (an index of indexes of manifests is depth 2).
 const MAX_DEPTH: usize = 4;
 
+mod fetch;
 mod resolve;
 
 use resolve::join_platforms;
@@ -145,110 +148,46 @@ pub async fn export_to_layout(
 ) -> Result<ExportReport, LayoutError> {
     let jobs = options.jobs.max(1);
     let mut report = ExportReport::default();
-    let images = resolve_all(client, layout, references, options, progress, &mut report).await;
-    let images = convert_pending(client, layout, images, jobs, progress, &mut report).await;
-
-    // Fetch every blob not yet present, from all images in one pool.
-    let mut wanted: Vec<(Descriptor, ImageRef, usize)> = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, image) in images.iter().enumerate() {
-        for blob in &image.blobs {
-            if !seen.insert(blob.digest.clone()) {
-                continue;
-            }
-            if layout.has_blob(&blob.digest, blob.size) {
-                report.blobs_present += 1;
-            } else if options.since.as_ref().is_some_and(|b| b.has(&blob.digest)) {
-                // The bundle this one builds on carried it.
-                report.blobs_omitted += 1;
-            } else {
-                wanted.push((blob.clone(), image.reference.clone(), i));
-            }
-        }
-    }
-    // Largest first: the big blobs set the length of the run, and small
-    // ones fill in around them at the end instead of a big one running on
-    // alone.
-    wanted.sort_by_key(|w| std::cmp::Reverse(w.0.size));
-    let bars: Vec<_> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| {
-            let bytes = wanted.iter().filter(|w| w.2 == i).map(|w| w.0.size).sum();
-            progress.add_total(bytes);
-            progress.image(&image.reference.name(), bytes)
-        })
-        .collect();
-    // A download lets go of its slot once its blob is written; the sync and
-    // rename follow on a task of their own. A sync can wait tens of
-    // milliseconds behind other files' flushes, and the network need not
-    // wait with it. Blobs written but not yet synced are bounded: a
-    // finished download waits for one of `jobs` places before it lets go of
-    // its slot, so a slow disk (a USB stick) still holds the downloads back
-    // and open files stay under twice `jobs`.
-    let syncing = Arc::new(tokio::sync::Semaphore::new(jobs));
-    type Commits = Vec<(
-        Digest,
-        u64,
-        tokio::task::JoinHandle<Result<(), LayoutError>>,
-    )>;
-    let (mut failures, commits): (HashMap<Digest, String>, Commits) = futures::stream::iter(wanted)
-        .map(|(blob, source, i)| {
-            let client = client.clone();
-            let layout = layout.clone();
-            let progress = progress.clone();
-            let bar = bars[i].clone();
-            let digest = blob.digest.clone();
-            let syncing = Arc::clone(&syncing);
-            async move {
-                let outcome = crate::on_task(async move {
-                    let temp = fetch_blob(&client, &layout, &source, &blob, &|n| {
-                        progress.advance(&bar, n)
-                    })
-                    .await?;
-                    let place = syncing.acquire_owned().await.expect("never closed");
-                    let commit = tokio::spawn(async move {
-                        let done = temp.commit().await;
-                        drop(place);
-                        if done.is_ok() {
-                            tracing::debug!("blob {}: {} bytes stored", blob.digest, blob.size);
-                        }
-                        done
+    // Blobs are fetched as each image resolves, from all images in one
+    // pool, while the rest are still being resolved. Schema1 images fetch
+    // their own layers as they are converted, after resolution.
+    let (found, found_rx) = tokio::sync::mpsc::unbounded_channel();
+    let resolving = async {
+        let images = resolve_all(
+            client,
+            layout,
+            references,
+            options,
+            progress,
+            &mut report,
+            &|image| {
+                if image.pending.is_none() {
+                    let _ = found.send(fetch::Found {
+                        reference: image.reference.clone(),
+                        blobs: image.blobs.clone(),
                     });
-                    Ok::<_, ImageError>((blob.size, commit))
-                })
-                .await;
-                (digest, outcome)
-            }
-        })
-        .buffer_unordered(jobs)
-        .fold(
-            (HashMap::new(), Vec::new()),
-            |(mut failures, mut commits), (digest, outcome)| {
-                match outcome {
-                    Ok((size, commit)) => commits.push((digest, size, commit)),
-                    Err(e) => {
-                        failures.insert(digest, e);
-                    }
                 }
-                async move { (failures, commits) }
             },
         )
         .await;
-    for (digest, size, commit) in commits {
-        match commit.await {
-            Ok(Ok(())) => {
-                report.blobs_fetched += 1;
-                report.bytes_fetched += size;
-            }
-            Ok(Err(e)) => {
-                failures.insert(digest, crate::error_chain(&e));
-            }
-            Err(e) => {
-                failures.insert(digest, format!("task failed: {e}"));
-            }
-        }
-    }
+        drop(found);
+        images
+    };
+    let fetching = fetch::fetch_all(
+        client,
+        layout,
+        found_rx,
+        options.since.as_deref(),
+        jobs,
+        progress,
+    );
+    let (images, (fetched, bars)) = tokio::join!(resolving, fetching);
+    report.blobs_fetched += fetched.fetched;
+    report.bytes_fetched += fetched.bytes;
+    report.blobs_present += fetched.present;
+    report.blobs_omitted += fetched.omitted;
+    let failures = fetched.failures;
+    let images = convert_pending(client, layout, images, jobs, progress, &mut report).await;
     for bar in &bars {
         bar.finish_and_clear();
     }
@@ -275,6 +214,8 @@ pub async fn export_to_layout(
 }
 
 /// Resolves every image, several at a time; failures go into the report.
+/// `found` sees each image as soon as it is resolved (in no set order; the
+/// list returned keeps the order of `references`, referrers after).
 ///
 /// `cache` is a layout whose manifests need not be fetched again and where
 /// configs read to check a platform are kept.
@@ -285,33 +226,37 @@ pub async fn resolve_all(
     options: &ExportOptions,
     progress: &Progress,
     report: &mut ExportReport,
+    found: &(dyn Fn(&ResolvedImage) + Sync),
 ) -> Vec<ResolvedImage> {
-    let resolved: Vec<(ImageRef, Result<ResolvedImage, ImageError>)> =
-        futures::stream::iter(references.iter().cloned())
-            .map(|r| {
-                let client = client.clone();
-                let cache = cache.clone();
-                let platforms = options.platforms.clone();
-                let mode = options.schema1;
-                async move {
-                    let result = tokio::spawn({
-                        let r = r.clone();
-                        async move { resolve(&client, &cache, &r, &platforms, mode).await }
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ImageError::Invalid(format!("resolve task failed: {e}")))
-                    });
-                    (r, result)
-                }
-            })
-            .buffered(options.jobs.max(1))
-            .collect()
-            .await;
+    let mut resolving = futures::stream::iter(references.iter().cloned().enumerate())
+        .map(|(n, r)| {
+            let client = client.clone();
+            let cache = cache.clone();
+            let platforms = options.platforms.clone();
+            let mode = options.schema1;
+            async move {
+                let result = tokio::spawn({
+                    let r = r.clone();
+                    async move { resolve(&client, &cache, &r, &platforms, mode).await }
+                })
+                .await
+                .unwrap_or_else(|e| Err(ImageError::Invalid(format!("resolve task failed: {e}"))));
+                (n, r, result)
+            }
+        })
+        .buffer_unordered(options.jobs.max(1));
+    let mut resolved = Vec::with_capacity(references.len());
+    while let Some((n, reference, result)) = resolving.next().await {
+        if let Ok(image) = &result {
+            found(image);
+        }
+        resolved.push((n, reference, result));
+    }
+    resolved.sort_by_key(|(n, _, _)| *n);
 
     let mut images = Vec::new();
     let mut referrers = Vec::new();
-    for (reference, result) in resolved {
+    for (_, reference, result) in resolved {
         match result {
             Ok(image) => {
                 if image.root.digest != image.source_digest {
@@ -348,6 +293,7 @@ pub async fn resolve_all(
                     r.subject = li.subject.clone();
                     r.referrer_of = li.subject_image.clone();
                     r.artifact_type = li.artifact_type.clone();
+                    found(&r);
                     images.push(r);
                 }
                 Err(e) => report
@@ -359,22 +305,23 @@ pub async fn resolve_all(
     }
 
     // Signatures, SBOMs and attestations of every image, after them.
-    let found = futures::future::join_all(
+    let discovered = futures::future::join_all(
         images
             .iter()
             .map(|i| discover(client, cache, i, &options.referrers, options.schema1)),
     )
     .await;
     let mut names: HashSet<String> = images.iter().map(|i| i.reference.name()).collect();
-    for (found, warnings) in found {
+    for (discovered, warnings) in discovered {
         for w in warnings {
             progress.println(&format!("warning: {w}"));
         }
-        referrers.extend(
-            found
-                .into_iter()
-                .filter(|r| names.insert(r.reference.name())),
-        );
+        for r in discovered {
+            if names.insert(r.reference.name()) {
+                found(&r);
+                referrers.push(r);
+            }
+        }
     }
     images.extend(referrers);
     images
@@ -471,30 +418,6 @@ pub fn index_entry(image: &ResolvedImage, extra: &BTreeMap<String, String>) -> D
         artifact_type: image.artifact_type.clone(),
         annotations: Some(annotations),
     }
-}
-
-/// Downloads one blob into the layout's work area, verified; the caller
-/// commits it.
-async fn fetch_blob(
-    client: &Client,
-    layout: &Layout,
-    source: &ImageRef,
-    blob: &Descriptor,
-    advance: &(dyn Fn(u64) + Sync),
-) -> Result<crate::layout::TempBlob, ImageError> {
-    client
-        .retry_corrupt(&blob.digest, || async {
-            let mut reader = client.blob_reader(source, &blob.digest, blob.size);
-            let mut temp = layout.begin_blob(&blob.digest).await?;
-            // The reader verifies digest and size before it returns None,
-            // so the rename in commit only ever publishes verified bytes.
-            while let Some(chunk) = reader.next_chunk().await? {
-                advance(chunk.len() as u64);
-                temp.write(chunk).await?;
-            }
-            Ok(temp)
-        })
-        .await
 }
 
 impl crate::registry::RetryClass for ImageError {

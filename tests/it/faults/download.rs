@@ -435,3 +435,37 @@ fn blobs_are_fetched_as_many_at_a_time_as_jobs_allows() {
         }
     }
 }
+
+#[test]
+fn an_image_still_resolving_does_not_hold_back_the_blobs_of_another() {
+    let reg = Registry::start();
+    let proxy = Faulty::start(&reg);
+    let quick = image(&reg, "team/quick", 13);
+    let slow = image(&reg, "team/slow", 14);
+    // Every manifest of the slow image takes seconds to come.
+    let slow_manifests = Match::path_contains("/team/slow/manifests/");
+    let wait = Duration::from_millis(1500);
+    proxy.always(slow_manifests.clone(), Fault::Delay(wait));
+    let work = Work::new();
+
+    work.export(&[&proxy.reference(&quick), &proxy.reference(&slow)])
+        .success();
+
+    assert_exported(&work.bundle(), &proxy.reference(&quick), &quick);
+    assert_exported(&work.bundle(), &proxy.reference(&slow), &slow);
+    // The quick image's blobs were asked for before the slow image's first
+    // manifest was even answered.
+    let asked = proxy.requests(&slow_manifests)[0].at;
+    let quick_blobs = Match::path_contains("/team/quick/blobs/sha256:").method("GET");
+    let first = proxy
+        .requests(&quick_blobs)
+        .iter()
+        .map(|r| r.at)
+        .min()
+        .expect("the quick image's blobs were fetched");
+    assert!(
+        first < asked + wait,
+        "the first blob came {:?} after the slow manifest was asked for",
+        first.saturating_duration_since(asked)
+    );
+}
