@@ -267,15 +267,51 @@ impl Layout {
     /// Stores bytes already verified against `digest` (a manifest fetched by
     /// digest, say).
     pub fn write_small_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), LayoutError> {
-        verify_bytes(digest, None, bytes).map_err(|source| LayoutError::Corrupt {
-            path: self.blob_path(digest),
-            source,
-        })?;
-        if self.has_blob(digest, bytes.len() as u64) {
-            return Ok(());
+        self.write_small_blobs(&[(digest, bytes)])
+    }
+
+    /// Stores several small blobs (the manifests of a run) at once: all are
+    /// written, then synced together (their flushes coalesce, where one
+    /// after another each waited for its own), then renamed into place.
+    pub fn write_small_blobs(&self, blobs: &[(&Digest, &[u8])]) -> Result<(), LayoutError> {
+        let mut temps = Vec::new();
+        for (digest, bytes) in blobs {
+            verify_bytes(digest, None, bytes).map_err(|source| LayoutError::Corrupt {
+                path: self.blob_path(digest),
+                source,
+            })?;
+            let target = self.blob_path(digest);
+            if self.has_blob(digest, bytes.len() as u64) || temps.iter().any(|(_, t)| t == &target)
+            {
+                continue;
+            }
+            let dir = self.work_dir()?;
+            let mut temp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+            temp.write_all(bytes).map_err(io_err(&target))?;
+            temps.push((temp, target));
         }
-        let dir = self.work_dir()?;
-        write_atomic(&dir, &self.blob_path(digest), bytes)
+        // A few threads at a time; each sync is short.
+        for group in temps.chunks(16) {
+            std::thread::scope(|scope| {
+                let syncs: Vec<_> = group
+                    .iter()
+                    .map(|(temp, _)| scope.spawn(|| temp.as_file().sync_all()))
+                    .collect();
+                group.iter().zip(syncs).try_for_each(|((_, target), sync)| {
+                    sync.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
+                        .map_err(io_err(target))
+                })
+            })?;
+        }
+        for (temp, target) in temps {
+            set_readable(temp.path())?;
+            temp.persist(&target).map_err(|e| LayoutError::Io {
+                path: target.clone(),
+                source: e.error,
+            })?;
+        }
+        Ok(())
     }
 
     /// Starts writing a blob into the layout's work area.

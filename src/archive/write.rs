@@ -313,7 +313,7 @@ pub async fn export_to_archive(
     }
     // Every part this run wrote reaches the disk before the index that
     // describes it is written.
-    sync_parts(&files).await?;
+    sync_parts(paths, &files).await?;
 
     for size in fetched.values() {
         report.export.blobs_fetched += 1;
@@ -1024,20 +1024,26 @@ impl PartHash {
 }
 
 /// Flushes every part this run wrote to the disk, several at a time.
-async fn sync_parts(files: &Arc<Vec<Option<std::fs::File>>>) -> Result<(), ArchiveError> {
+async fn sync_parts(
+    paths: &ArchivePaths,
+    files: &Arc<Vec<Option<std::fs::File>>>,
+) -> Result<(), ArchiveError> {
     let tasks: Vec<_> = (0..files.len())
         .filter(|i| files[*i].is_some())
         .map(|i| {
             let files = files.clone();
-            tokio::task::spawn_blocking(move || files[i].as_ref().expect("filtered").sync_data())
+            let task = tokio::task::spawn_blocking(move || {
+                files[i].as_ref().expect("filtered").sync_data()
+            });
+            (i, task)
         })
         .collect();
-    for t in futures::future::join_all(tasks).await {
-        t.map_err(|e| ArchiveError::Invalid(format!("sync task failed: {e}")))?
-            .map_err(|source| ArchiveError::Io {
-                path: PathBuf::from("archive part"),
-                source,
-            })?;
+    for (i, task) in tasks {
+        let path = paths.part(i as u32 + 1);
+        task.await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(io_err(&path))?;
     }
     Ok(())
 }

@@ -192,18 +192,26 @@ pub async fn export_to_layout(
         bar.finish_and_clear();
     }
 
-    // Commit complete images: manifests, then the index entries.
-    let mut index = layout.read_index()?;
+    // Commit complete images: their manifests, all at once, then the
+    // index entries.
+    let mut complete = Vec::new();
     for image in images {
-        match commit_image(layout, &image, &failures, options.since.as_deref()) {
-            Ok(()) => {
-                index.upsert(index_entry(&image, &options.annotations));
-                report.exported.push(image);
-            }
+        match check_complete(layout, &image, &failures, options.since.as_deref()) {
+            Ok(()) => complete.push(image),
             Err(e) => report
                 .failed
                 .push((image.reference.name(), crate::error_chain(&e))),
         }
+    }
+    let manifests: Vec<(&Digest, &[u8])> = complete
+        .iter()
+        .flat_map(|i| i.manifests.iter().map(|m| (&m.digest, &m.body[..])))
+        .collect();
+    layout.write_small_blobs(&manifests)?;
+    let mut index = layout.read_index()?;
+    for image in complete {
+        index.upsert(index_entry(&image, &options.annotations));
+        report.exported.push(image);
     }
     record_base(layout, &report.exported, options.since.as_deref())?;
     layout.write_index(&index)?;
@@ -371,8 +379,9 @@ fn record_base(
     layout.write_file(crate::base::LAYOUT_FILE, &bytes)
 }
 
-/// Writes an image's manifests once every blob it names is in place.
-fn commit_image(
+/// Whether every blob an image names is in place (or left out for
+/// `--since`), so its manifests may be written.
+fn check_complete(
     layout: &Layout,
     image: &ResolvedImage,
     failures: &HashMap<Digest, String>,
@@ -386,9 +395,6 @@ fn commit_image(
         if !omitted && !layout.has_blob(&blob.digest, blob.size) {
             return Err(ImageError::BlobMissing(blob.digest.clone()));
         }
-    }
-    for m in &image.manifests {
-        layout.write_small_blob(&m.digest, &m.body)?;
     }
     Ok(())
 }
