@@ -180,22 +180,25 @@ w("|---|---:|---|")
 for g, m, ok in goals:
     w(f"| {g} | {m} | {mark(ok)} |")
 w("")
-if any(t == "airlock-nofsync" for _, t in secs):
-    w("## Where export time goes: fsync")
+if any(t in ("airlock-nofsync", "curl-sync") for _, t in secs):
+    w("## Where export time goes: durability")
     w("")
-    w("A diagnostic, not a goal: the same exports with `fsync`/`fdatasync` turned into")
-    w("no-ops (`LD_PRELOAD` of `scripts/bench.d/nofsync.c`, built as `RUN/nofsync.so`), into fresh directories, once")
-    w("per run. The difference is the time spent waiting for the data to reach the disk")
-    w("(curl, the floor, writes to the page cache and never waits).")
+    w("Diagnostics, not goals, once per run: the same exports with `fsync`, `fdatasync`,")
+    w("`syncfs` and `sync_file_range` turned into no-ops (`LD_PRELOAD` of")
+    w("`scripts/bench.d/nofsync.c`, built as `RUN/nofsync.so`), into fresh directories;")
+    w("and the floor followed by `sync`, timed together: what making curl's copy durable")
+    w("takes. The floor itself writes to the page cache and never waits for the disk;")
+    w("airlock makes every blob durable before it names it.")
     w("")
-    w("| export | airlock | airlock, no fsync | fsync's share | floor |")
-    w("|---|---:|---:|---:|---:|")
+    w("| export | airlock | airlock, no syncs | syncs' share | floor | floor, then `sync` |")
+    w("|---|---:|---:|---:|---:|---:|")
     for sc, label, fl in [("export-layout", "4 images, layout", "floor-download"),
                           ("export-archive", "4 images, archive", "floor-download"),
                           ("export-big", f"big image ({big_layer}), layout", "floor-download-big")]:
         x_, n_ = med(sc, "airlock"), med(sc, "airlock-nofsync")
         share = None if x_ is None or n_ is None or x_ == 0 else (x_ - n_) / x_
-        w(f"| {label} | {fs(x_)} | {fs(n_)} | {'-' if share is None else f'{share * 100:.0f}%'} | {fs(med(fl, 'curl'))} |")
+        w(f"| {label} | {fs(x_)} | {fs(n_)} | {'-' if share is None else f'{share * 100:.0f}%'} | "
+          f"{fs(med(fl, 'curl'))} | {fs(med(fl, 'curl-sync'))} |")
     w("")
 w("## Peak RSS")
 w("")

@@ -236,6 +236,7 @@ async fn fetch_blob(
                 advance(chunk.len() as u64);
                 temp.write(chunk).await?;
             }
+            tracing::debug!("blob {}: received and verified", blob.digest);
             Ok(temp)
         })
         .await
