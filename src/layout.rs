@@ -290,8 +290,14 @@ impl Layout {
             temp.write_all(bytes).map_err(io_err(&target))?;
             temps.push((temp, target));
         }
-        // A few threads at a time; each sync is short.
-        for group in temps.chunks(16) {
+        if let [(temp, target)] = &temps[..] {
+            temp.as_file().sync_all().map_err(io_err(target))?;
+        }
+        // Several at once, a few threads at a time; each sync is short.
+        for group in temps
+            .chunks(16)
+            .filter(|g| temps.len() > 1 && !g.is_empty())
+        {
             std::thread::scope(|scope| {
                 let syncs: Vec<_> = group
                     .iter()
@@ -615,6 +621,41 @@ mod tests {
         t.commit().await.unwrap();
         assert!(layout.has_blob(&d, 3));
         assert_eq!(&layout.read_small_blob(&d, Some(3)).unwrap()[..], b"abc");
+    }
+
+    #[test]
+    fn small_blobs_written_together_land_once_each_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!("manifest {i}").into_bytes())
+            .collect();
+        let digests: Vec<Digest> = bodies.iter().map(|b| Digest::sha256_of(b)).collect();
+        // One present already, one named twice, and more than one group of
+        // syncs.
+        layout.write_small_blob(&digests[3], &bodies[3]).unwrap();
+        let mut batch: Vec<(&Digest, &[u8])> = digests
+            .iter()
+            .zip(&bodies)
+            .map(|(d, b)| (d, &b[..]))
+            .collect();
+        batch.push((&digests[5], &bodies[5]));
+        layout.write_small_blobs(&batch).unwrap();
+        for (d, b) in digests.iter().zip(&bodies) {
+            assert_eq!(
+                &layout.read_small_blob(d, Some(b.len() as u64)).unwrap()[..],
+                &b[..]
+            );
+        }
+        let leftovers = std::fs::read_dir(dir.path().join(".airlock/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 0);
+        // Bytes that are not what their digest says are refused, naming it.
+        let err = layout
+            .write_small_blobs(&[(&digests[0], b"something else")])
+            .unwrap_err();
+        assert!(err.to_string().contains(digests[0].hex()), "{err}");
     }
 
     /// Chunks of every size, across batch and writeback boundaries, land
