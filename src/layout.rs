@@ -274,30 +274,34 @@ impl Layout {
     /// written, then synced together (their flushes coalesce, where one
     /// after another each waited for its own), then renamed into place.
     pub fn write_small_blobs(&self, blobs: &[(&Digest, &[u8])]) -> Result<(), LayoutError> {
-        let mut temps = Vec::new();
+        let mut wanted: Vec<(PathBuf, &[u8])> = Vec::new();
         for (digest, bytes) in blobs {
+            let target = self.blob_path(digest);
             verify_bytes(digest, None, bytes).map_err(|source| LayoutError::Corrupt {
-                path: self.blob_path(digest),
+                path: target.clone(),
                 source,
             })?;
-            let target = self.blob_path(digest);
-            if self.has_blob(digest, bytes.len() as u64) || temps.iter().any(|(_, t)| t == &target)
+            if !self.has_blob(digest, bytes.len() as u64)
+                && !wanted.iter().any(|(t, _)| t == &target)
             {
-                continue;
+                wanted.push((target, bytes));
             }
-            let dir = self.work_dir()?;
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let dir = self.work_dir()?;
+        if let [(target, bytes)] = &wanted[..] {
+            return write_atomic(&dir, target, bytes);
+        }
+        let mut temps = Vec::with_capacity(wanted.len());
+        for (target, bytes) in wanted {
             let mut temp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
             temp.write_all(bytes).map_err(io_err(&target))?;
             temps.push((temp, target));
         }
-        if let [(temp, target)] = &temps[..] {
-            temp.as_file().sync_all().map_err(io_err(target))?;
-        }
-        // Several at once, a few threads at a time; each sync is short.
-        for group in temps
-            .chunks(16)
-            .filter(|g| temps.len() > 1 && !g.is_empty())
-        {
+        // A few threads at a time; each sync is short.
+        for group in temps.chunks(16) {
             std::thread::scope(|scope| {
                 let syncs: Vec<_> = group
                     .iter()
