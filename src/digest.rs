@@ -12,7 +12,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha512};
 
+pub mod lanes;
 pub mod sha256;
+pub use lanes::LaneHash;
 pub use sha256::Sha256;
 
 /// A digest string that is not of the form `algorithm:hex` we accept.
@@ -168,6 +170,8 @@ impl<'de> Deserialize<'de> for Digest {
 pub enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
+    /// SHA-256 hashed side by side with other downloads (see [`lanes`]).
+    Lanes(LaneHash),
 }
 
 impl Hasher {
@@ -182,6 +186,15 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
+            Hasher::Lanes(h) => h.update(bytes::Bytes::copy_from_slice(bytes)),
+        }
+    }
+
+    /// As [`Hasher::update`], without a copy where the bytes are queued.
+    pub fn update_bytes(&mut self, bytes: &bytes::Bytes) {
+        match self {
+            Hasher::Lanes(h) => h.update(bytes.clone()),
+            other => other.update(bytes),
         }
     }
 
@@ -193,6 +206,10 @@ impl Hasher {
             },
             Hasher::Sha512(h) => Digest {
                 algorithm: Algorithm::Sha512,
+                hex: hex::encode(h.finalize()),
+            },
+            Hasher::Lanes(h) => Digest {
+                algorithm: Algorithm::Sha256,
                 hex: hex::encode(h.finalize()),
             },
         }
@@ -223,6 +240,20 @@ impl Verifier {
         }
     }
 
+    /// As [`Verifier::new`], for bytes that arrive as chunks alongside other
+    /// streams (concurrent downloads): a sha256 is hashed in lanes, side by
+    /// side with theirs; feed it with [`Verifier::update_bytes`].
+    pub fn in_lanes(expected: &Digest, expected_size: Option<u64>) -> Verifier {
+        let hasher = match expected.algorithm {
+            Algorithm::Sha256 => Hasher::Lanes(LaneHash::new()),
+            other => Hasher::new(other),
+        };
+        Verifier {
+            hasher: Some(hasher),
+            ..Verifier::new(expected, expected_size)
+        }
+    }
+
     /// Checks the size only. For bytes whose digest another verifier
     /// checks later, before anything names them (an archive checks a blob
     /// while it hashes the part around it).
@@ -249,6 +280,22 @@ impl Verifier {
         Ok(())
     }
 
+    /// As [`Verifier::update`], without a copy for a verifier [`in_lanes`].
+    ///
+    /// [`in_lanes`]: Verifier::in_lanes
+    pub fn update_bytes(&mut self, bytes: &bytes::Bytes) -> Result<(), VerifyError> {
+        self.seen += bytes.len() as u64;
+        if let Some(size) = self.expected_size
+            && self.seen > size
+        {
+            return Err(self.size_error());
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update_bytes(bytes);
+        }
+        Ok(())
+    }
+
     /// As [`Verifier::update`], and feeds the same bytes to `along` (an
     /// archive part's hash) in the same pass where it can.
     pub fn update_along(&mut self, along: &mut Sha256, bytes: &[u8]) -> Result<(), VerifyError> {
@@ -260,7 +307,7 @@ impl Verifier {
         }
         match &mut self.hasher {
             Some(Hasher::Sha256(h)) => Sha256::update_both(h, along, bytes),
-            Some(Hasher::Sha512(h)) => {
+            Some(h @ (Hasher::Sha512(_) | Hasher::Lanes(_))) => {
                 h.update(bytes);
                 along.update(bytes);
             }

@@ -23,7 +23,8 @@ impl Client {
             image: image.clone(),
             url: format!("{}/blobs/{digest}", self.base_url(image)),
             what: format!("blob {digest}"),
-            verifier: Some(Verifier::new(digest, Some(size))),
+            // Hashed side by side with the other downloads of the run.
+            verifier: Some(Verifier::in_lanes(digest, Some(size))),
             response: None,
             skip: 0,
             failures: 0,
@@ -272,7 +273,7 @@ impl BlobReader {
                         }
                     }
                     verifier
-                        .update(&chunk)
+                        .update_bytes(&chunk)
                         .map_err(|source| RegistryError::Verify {
                             what: self.what.clone(),
                             source,
