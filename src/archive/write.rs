@@ -468,8 +468,9 @@ async fn fetch_into_parts(
     // A blob whole in one part is checked by the part's hasher, which
     // reads it back (from the page cache) as it is written: one pass
     // hashes both. A blob in pieces over several parts is checked as it
-    // arrives, and its pieces are hashed once it verified.
-    let whole_in_one_part = entry.pieces.len() == 1;
+    // arrives, and its pieces are hashed once it verified; so is an empty
+    // blob, which has no bytes for the part's hasher to see.
+    let whole_in_one_part = entry.pieces.len() == 1 && entry.size > 0;
     let mut writer = PieceWriter::new(entry, files);
     if whole_in_one_part {
         writer.notify = Some((hashers.clone(), entry.pieces[0]));
@@ -862,6 +863,8 @@ impl PartHash {
                 digest,
                 blob_offset,
             } = &m.content
+                // An empty blob has no bytes to wait for.
+                && m.size > 0
             {
                 let whole = *blob_offset == 0
                     && plan

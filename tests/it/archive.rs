@@ -412,3 +412,57 @@ fn source_date_epoch_sets_member_times_and_bad_sizes_are_usage_errors() {
     }
     assert!(!work.path().join("u.0001.tar").exists());
 }
+
+/// An empty blob (a zero-byte file pushed as an artifact layer) is a tar
+/// member with no data. The part's hasher once waited for its bytes
+/// forever; now the archive finishes, verifies and imports with the same
+/// digests.
+#[test]
+fn an_empty_blob_is_archived_verified_and_imported() {
+    let src = Registry::start();
+    let repo = "team/empty";
+    let config = b"{}";
+    let config_digest = images::push_blob(&src, repo, config);
+    let empty_digest = images::push_blob(&src, repo, b"");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.empty",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": empty_digest, "size": 0}],
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = images::push_manifest(&src, repo, "v1", images::OCI_MANIFEST, &bytes);
+    let work = tempfile::tempdir().unwrap();
+
+    airlock()
+        .args(["export", "--plain-http", "--chunk-size", "1MiB", "-o"])
+        .arg(work.path().join("site.tar"))
+        .arg(format!("{}/{repo}:v1", src.host()))
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .success();
+    verify(&work.path().join("site.index.json")).success();
+    let listing = run(Command::new("tar")
+        .arg("tvf")
+        .arg(work.path().join("site.0001.tar")));
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    let hex = empty_digest.trim_start_matches("sha256:");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(&format!("blobs/sha256/{hex}")) && l.contains(" 0 ")),
+        "{listing}"
+    );
+
+    let dst = Registry::start();
+    airlock()
+        .args(["import", "--plain-http"])
+        .arg(work.path().join("site"))
+        .args(["--to", &dst.host()])
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .success();
+    let got = images::try_get_manifest(&dst, repo, "v1").map(|m| m.docker_content_digest);
+    assert_eq!(got.as_deref(), Some(digest.as_str()));
+}
