@@ -26,7 +26,7 @@ use super::sha256::Sha256;
 /// Queued bytes that start a round.
 const BATCH: usize = 1 << 20;
 /// Queued bytes past which a lane is hashed alone rather than wait.
-const CAP: usize = 8 << 20;
+const CAP: usize = 2 << 20;
 /// A lane with less than this waiting is left out of another's round: it
 /// would stop the round almost at once.
 const PARTNER: usize = 64 << 10;
