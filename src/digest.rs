@@ -266,14 +266,20 @@ impl Verifier {
         }
     }
 
-    /// Hashes `bytes`, failing early once more bytes arrived than expected.
-    pub fn update(&mut self, bytes: &[u8]) -> Result<(), VerifyError> {
-        self.seen += bytes.len() as u64;
+    /// Counts `n` more bytes, failing once more arrived than expected.
+    fn count(&mut self, n: usize) -> Result<(), VerifyError> {
+        self.seen += n as u64;
         if let Some(size) = self.expected_size
             && self.seen > size
         {
             return Err(self.size_error());
         }
+        Ok(())
+    }
+
+    /// Hashes `bytes`, failing early once more bytes arrived than expected.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), VerifyError> {
+        self.count(bytes.len())?;
         if let Some(h) = &mut self.hasher {
             h.update(bytes);
         }
@@ -284,12 +290,7 @@ impl Verifier {
     ///
     /// [`in_lanes`]: Verifier::in_lanes
     pub fn update_bytes(&mut self, bytes: &bytes::Bytes) -> Result<(), VerifyError> {
-        self.seen += bytes.len() as u64;
-        if let Some(size) = self.expected_size
-            && self.seen > size
-        {
-            return Err(self.size_error());
-        }
+        self.count(bytes.len())?;
         if let Some(h) = &mut self.hasher {
             h.update_bytes(bytes);
         }
@@ -299,12 +300,7 @@ impl Verifier {
     /// As [`Verifier::update`], and feeds the same bytes to `along` (an
     /// archive part's hash) in the same pass where it can.
     pub fn update_along(&mut self, along: &mut Sha256, bytes: &[u8]) -> Result<(), VerifyError> {
-        self.seen += bytes.len() as u64;
-        if let Some(size) = self.expected_size
-            && self.seen > size
-        {
-            return Err(self.size_error());
-        }
+        self.count(bytes.len())?;
         match &mut self.hasher {
             Some(Hasher::Sha256(h)) => Sha256::update_both(h, along, bytes),
             Some(h @ (Hasher::Sha512(_) | Hasher::Lanes(_))) => {

@@ -238,22 +238,8 @@ impl LaneHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256::tests::{bytes, reference};
     use proptest::prelude::*;
-    use sha2::Digest as _;
-
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 24) as u8
-            })
-            .collect()
-    }
-
-    fn reference(data: &[u8]) -> [u8; 32] {
-        sha2::Sha256::digest(data).into()
-    }
 
     #[test]
     fn four_lanes_side_by_side_match_sha2() {

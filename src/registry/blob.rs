@@ -18,13 +18,17 @@ impl Client {
     /// Opens a blob for reading. The stream resumes after dropped
     /// connections and verifies digest and size at its end.
     pub fn blob_reader(&self, image: &ImageRef, digest: &Digest, size: u64) -> BlobReader {
+        // Hashed side by side with the other downloads of the run.
+        self.reader(image, digest, Verifier::in_lanes(digest, Some(size)))
+    }
+
+    fn reader(&self, image: &ImageRef, digest: &Digest, verifier: Verifier) -> BlobReader {
         BlobReader {
             client: self.clone(),
             image: image.clone(),
             url: format!("{}/blobs/{digest}", self.base_url(image)),
             what: format!("blob {digest}"),
-            // Hashed side by side with the other downloads of the run.
-            verifier: Some(Verifier::in_lanes(digest, Some(size))),
+            verifier: Some(verifier),
             response: None,
             skip: 0,
             failures: 0,
@@ -40,10 +44,7 @@ impl Client {
         digest: &Digest,
         size: u64,
     ) -> BlobReader {
-        BlobReader {
-            verifier: Some(Verifier::size_only(digest, size)),
-            ..self.blob_reader(image, digest, size)
-        }
+        self.reader(image, digest, Verifier::size_only(digest, size))
     }
 
     /// Fetches a small blob (a config) whole into memory, verified.
